@@ -1,0 +1,30 @@
+# HAPNet-D2 developer commands. Every target installs into .venv first if needed (idempotent).
+PY := .venv/bin/python
+STAMP := .venv/.hapnet-installed
+
+.PHONY: install quickstart test test-fast synth-ablation clean
+
+$(STAMP): dev/install.sh setup.py
+	./dev/install.sh
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## quickstart: generate the synthetic RGB-T data, train the tiny model on CPU, evaluate, visualise
+quickstart: install
+	$(PY) tools/quickstart.py --output output/quickstart
+
+## test: the whole suite, slow end-to-end tests included
+test: install
+	$(PY) -m pytest tests -q
+
+## test-fast: skip tests marked slow
+test-fast: install
+	$(PY) -m pytest tests -q -m "not slow"
+
+## synth-ablation: input strategies D / E / I of the paper's Table 5 on the synthetic data
+synth-ablation: install
+	$(PY) tools/synth_ablation.py --output output/synth_ablation
+
+clean:
+	rm -rf output .pytest_cache

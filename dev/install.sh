@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs HAPNet-D2 and its dependencies into .venv, skipping what is already present.
+# The route is the one verified in ../shared/DESIGN.md s.1 (torch 2.14.1 from local disk,
+# detectron2 from the sal-detectron2 PyPI wheel, torch-ms-deform-attn compiled against torch).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON_BIN="${PYTHON:-python3}"
+VENV="${VENV:-.venv}"
+PY="$VENV/bin/python"
+PIP="$PY -m pip --disable-pip-version-check"
+
+has() { "$PY" - "$1" <<'PYEOF' >/dev/null 2>&1
+import importlib, sys
+importlib.import_module(sys.argv[1])
+PYEOF
+}
+
+if [ ! -x "$PY" ]; then
+  echo "[install] creating $VENV"
+  "$PYTHON_BIN" -m venv "$VENV"
+fi
+
+if ! "$PY" -c "import torch, torchvision; assert torch.__version__.startswith('2.14.1')" >/dev/null 2>&1; then
+  echo "[install] torch 2.14.1 + torchvision 0.29.1"
+  $PIP install -q torch==2.14.1 torchvision==0.29.1
+fi
+
+echo "[install] runtime dependencies"
+$PIP install -q "numpy<2" "opencv-python-headless<4.11" "timm>=1.0,<1.1" fvcore iopath pycocotools \
+  termcolor yacs tabulate cloudpickle tqdm "omegaconf<2.4" hydra-core matplotlib tensorboard \
+  pillow scipy pytest installer wheel setuptools
+
+if ! has detectron2; then
+  echo "[install] detectron2 (sal-detectron2==0.7.2 wheel, upstream Python sources of 2024-08)"
+  TMP=$(mktemp -d)
+  $PIP download -q --no-deps --only-binary=:all: --python-version 3.10 -d "$TMP" sal-detectron2==0.7.2
+  "$PY" -m installer "$TMP"/sal_detectron2-0.7.2-*.whl
+  rm -rf "$TMP"
+fi
+
+if ! has torch_ms_deform_attn; then
+  echo "[install] torch-ms-deform-attn (compiles the C++ op against the installed torch, ~30 s)"
+  $PIP install -q --no-build-isolation torch-ms-deform-attn==0.1.1
+fi
+
+if ! "$PY" -c "import hapnet_d2" >/dev/null 2>&1; then
+  echo "[install] hapnet_d2 (editable)"
+  $PIP install -q --no-build-isolation --no-deps -e .
+fi
+echo "[install] done: $("$PY" -c 'import torch, detectron2, timm; print("torch", torch.__version__, "detectron2", detectron2.__version__, "timm", timm.__version__)')"

@@ -1,0 +1,1 @@
+"""HAPNet on Detectron2."""

@@ -1,0 +1,140 @@
+"""Default config keys of HAPNet-D2.
+
+Every key HAPNet adds to Detectron2's config lives here, with its meaning. YAML files under
+``configs/`` only override these defaults (``_BASE_`` chains), as in Mask2Former.
+"""
+from detectron2.config import CfgNode as CN
+
+
+def add_hapnet_config(cfg):
+    """Add HAPNet's keys (model, data, solver, test) to a Detectron2 ``cfg`` in place."""
+    # ---------------------------------------------------------------- input / data
+    cfg.INPUT.FORMAT = "RGB"  # channel order of "image" tensors (RGB or BGR)
+    # mapper registered in hapnet_d2.data.dataset_mappers
+    cfg.INPUT.DATASET_MAPPER_NAME = "rgbt_semantic"
+    # training resize: the base scale (H, W) multiplied by a ratio drawn from RESIZE_RATIO_RANGE
+    cfg.INPUT.BASE_SIZE = (480, 640)
+    cfg.INPUT.RESIZE_RATIO_RANGE = (0.5, 2.0)
+    # crop (square; the ViT's relative-position window is built for CROP.SIZE)
+    cfg.INPUT.CROP.ENABLED = True
+    cfg.INPUT.CROP.TYPE = "absolute"
+    cfg.INPUT.CROP.SIZE = (480, 480)
+    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 0.75
+    cfg.INPUT.RANDOM_FLIP = "horizontal"
+    # photometric augmentation of the RGB image only (brightness/contrast/saturation/hue)
+    cfg.INPUT.COLOR_AUG_SSD = False
+    # pad training batches to a multiple of this (-1: none)
+    cfg.INPUT.SIZE_DIVISIBILITY = -1
+
+    # ---------------------------------------------------------------- normalisation
+    # RGB: /255 then ImageNet mean/std, expressed on the 0-255 scale (Detectron2 convention)
+    cfg.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]
+    cfg.MODEL.PIXEL_STD = [58.395, 57.12, 57.375]
+    # thermal: /255 with mean 0 and std 1 (reference configuration)
+    cfg.MODEL.THERMAL_PIXEL_MEAN = [0.0, 0.0, 0.0]
+    cfg.MODEL.THERMAL_PIXEL_STD = [255.0, 255.0, 255.0]
+
+    # ---------------------------------------------------------------- HAPNet encoder
+    cfg.MODEL.HAPNET = CN()
+    # data input strategy of the paper's Table 5: which modalities the VFM and the CSPD see.
+    # A: VFM RGB+T, CSPD RGB+T   B: RGB+T / RGB   C: RGB+T / T
+    # D: RGB / RGB+T (paper)     E: RGB / RGB     F: RGB / T
+    # G: T / RGB+T               H: T / RGB       I: T / T
+    cfg.MODEL.HAPNET.INPUT_STRATEGY = "D"
+    # vision foundation model: any timm ViT / BEiT / DeiT / DINOv2 name
+    cfg.MODEL.HAPNET.VFM_NAME = "beitv2_base_patch16_224"
+    cfg.MODEL.HAPNET.VFM_DROP_PATH = 0.2
+    cfg.MODEL.HAPNET.VFM_LAYER_SCALE_INIT = 1e-6
+    # blocks [first, last] (inclusive) of each of the 4 encoding stages
+    cfg.MODEL.HAPNET.VFM_STAGES = [[0, 2], [3, 5], [6, 8], [9, 11]]
+    # extra timm keyword arguments for the VFM (e.g. {"embed_dim": 192, "depth": 4})
+    cfg.MODEL.HAPNET.VFM_KWARGS = CN(new_allowed=True)
+    # local checkpoint (timm state dict or official BEiT/BEiTv2 .pth); "" = random init
+    cfg.MODEL.HAPNET.VFM_WEIGHTS = ""
+    # cross-modal spatial prior descriptor: a timm ConvNeXt
+    cfg.MODEL.HAPNET.CSPD_NAME = "convnext_small"
+    cfg.MODEL.HAPNET.CSPD_DROP_PATH = 0.3
+    # True: one ConvNeXt shared by RGB and thermal (own final norms); False: two (Table 6)
+    cfg.MODEL.HAPNET.CSPD_SHARED_WEIGHTS = True
+    cfg.MODEL.HAPNET.CSPD_WEIGHTS = ""  # local checkpoint (official or timm ConvNeXt)
+    # progressive heterogeneous feature integrator (Table 7 switches)
+    cfg.MODEL.HAPNET.USE_GLCA = True
+    cfg.MODEL.HAPNET.USE_CCG = True
+    cfg.MODEL.HAPNET.DEFORM_NUM_HEADS = 12
+    cfg.MODEL.HAPNET.DEFORM_NUM_POINTS = 4
+    cfg.MODEL.HAPNET.DEFORM_RATIO = 0.5  # value/output projection width = dim * ratio
+    cfg.MODEL.HAPNET.CFFN_RATIO = 0.25  # ConvFFN hidden width = dim * ratio
+    cfg.MODEL.HAPNET.GLCA_GAMMA_INIT = 1e-6
+    cfg.MODEL.HAPNET.EXTRA_EXTRACTORS = 2  # extra CCG extractors after the last stage's
+    cfg.MODEL.HAPNET.PHFI_DROP_PATH = 0.2
+    # BatchNorm on the 4 outputs: "auto" = SyncBN when distributed, plain BN otherwise
+    cfg.MODEL.HAPNET.OUT_NORM = "auto"
+    # deformable attention implementation: "auto" (compiled kernel, else PyTorch with a
+    # warning), "kernel" (error if missing) or "pytorch" (grid_sample reference)
+    cfg.MODEL.HAPNET.MSDA_IMPL = "auto"
+
+    # ---------------------------------------------------------------- auxiliary head
+    cfg.MODEL.HAPNET.AUX_HEAD = CN()
+    cfg.MODEL.HAPNET.AUX_HEAD.ENABLED = True  # training only, never run at inference
+    cfg.MODEL.HAPNET.AUX_HEAD.CHANNELS = 256
+    cfg.MODEL.HAPNET.AUX_HEAD.DROPOUT = 0.1
+    cfg.MODEL.HAPNET.AUX_HEAD.LOSS_WEIGHT = 0.4
+
+    # ---------------------------------------------------------------- Mask2Former head
+    cfg.MODEL.SEM_SEG_HEAD.NAME = "HAPNetMaskFormerHead"
+    cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = 255
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 9
+    cfg.MODEL.SEM_SEG_HEAD.COMMON_STRIDE = 4
+    cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM = 256
+    cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256
+    cfg.MODEL.SEM_SEG_HEAD.NORM = "GN"
+    cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "MSDeformAttnPixelDecoder"
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
+    cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 6
+    cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_DIM_FEEDFORWARD = 1024
+
+    cfg.MODEL.MASK_FORMER = CN()
+    cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME = "MultiScaleMaskedTransformerDecoder"
+    cfg.MODEL.MASK_FORMER.DEEP_SUPERVISION = True
+    cfg.MODEL.MASK_FORMER.NO_OBJECT_WEIGHT = 0.1
+    cfg.MODEL.MASK_FORMER.CLASS_WEIGHT = 2.0
+    cfg.MODEL.MASK_FORMER.MASK_WEIGHT = 5.0
+    cfg.MODEL.MASK_FORMER.DICE_WEIGHT = 5.0
+    cfg.MODEL.MASK_FORMER.NHEADS = 8
+    cfg.MODEL.MASK_FORMER.DROPOUT = 0.0
+    cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD = 2048
+    cfg.MODEL.MASK_FORMER.DEC_LAYERS = 9  # masked-attention decoder layers
+    cfg.MODEL.MASK_FORMER.PRE_NORM = False
+    cfg.MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ = False
+    cfg.MODEL.MASK_FORMER.HIDDEN_DIM = 256
+    cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES = 100
+    # point-sampled mask loss (PointRend-style importance sampling)
+    cfg.MODEL.MASK_FORMER.TRAIN_NUM_POINTS = 112 * 112
+    cfg.MODEL.MASK_FORMER.OVERSAMPLE_RATIO = 3.0
+    cfg.MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO = 0.75
+
+    # ---------------------------------------------------------------- inference
+    cfg.TEST.MODE = "slide"  # "slide" (sliding window) or "whole" (one pass, padded)
+    cfg.TEST.SLIDE_CROP = (480, 480)  # window (H, W); usually INPUT.CROP.SIZE
+    cfg.TEST.SLIDE_STRIDE = (320, 320)
+    # test-time augmentation: resize scales relative to the test size, plus flip
+    cfg.TEST.AUG.ENABLED = False
+    cfg.TEST.AUG.SCALES = [1.0, 1.25, 1.5]
+    cfg.TEST.AUG.FLIP = True
+    # write a confusion-matrix PNG and paper-style tables next to results.json
+    cfg.TEST.WRITE_REPORTS = True
+
+    # ---------------------------------------------------------------- solver
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    cfg.SOLVER.LAYER_DECAY_RATE = 0.95  # layer-wise lr decay over the ViT's layers (1 = off)
+    cfg.SOLVER.WEIGHT_DECAY_NORM = 0.0
+    cfg.SOLVER.WEIGHT_DECAY_BIAS = 0.0
+    cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupPolyLR"
+    cfg.SOLVER.POLY_LR_POWER = 0.9
+    # AMP dtype: "auto" = bfloat16 on CPU, float16 on CUDA
+    cfg.SOLVER.AMP.DTYPE = "auto"
+    # refuse checkpoints that need pickle code execution unless this is True
+    cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS = False
