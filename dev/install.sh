@@ -5,11 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON_BIN="${PYTHON:-python3}"
-VENV="${VENV:-.venv}"
+VENV="${VENV:-$(pwd)/.venv}"
 PY="$VENV/bin/python"
 PIP="$PY -m pip --disable-pip-version-check"
 
-has() { "$PY" - "$1" <<'PYEOF' >/dev/null 2>&1
+# import check run outside the repository, so that ./hapnet_d2 does not count as installed
+has() { (cd / && "$PY" - "$1") <<'PYEOF' >/dev/null 2>&1
 import importlib, sys
 importlib.import_module(sys.argv[1])
 PYEOF
@@ -43,7 +44,7 @@ if ! has torch_ms_deform_attn; then
   $PIP install -q --no-build-isolation torch-ms-deform-attn==0.1.1
 fi
 
-if ! "$PY" -c "import hapnet_d2" >/dev/null 2>&1; then
+if ! $PIP show -q hapnet_d2 >/dev/null 2>&1; then
   echo "[install] hapnet_d2 (editable)"
   $PIP install -q --no-build-isolation --no-deps -e .
 fi

@@ -3,11 +3,17 @@
 Every key HAPNet adds to Detectron2's config lives here, with its meaning. YAML files under
 ``configs/`` only override these defaults (``_BASE_`` chains), as in Mask2Former.
 """
+import torch
 from detectron2.config import CfgNode as CN
 
 
 def add_hapnet_config(cfg):
     """Add HAPNet's keys (model, data, solver, test) to a Detectron2 ``cfg`` in place."""
+    # CUDA where a GPU is present, else CPU
+    cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg.MODEL.META_ARCHITECTURE = "HAPNet"
+    cfg.MODEL.BACKBONE.NAME = "HAPNetBackbone"
+
     # ---------------------------------------------------------------- input / data
     cfg.INPUT.FORMAT = "RGB"  # channel order of "image" tensors (RGB or BGR)
     # mapper registered in hapnet_d2.data.dataset_mappers
@@ -134,6 +140,13 @@ def add_hapnet_config(cfg):
     cfg.SOLVER.WEIGHT_DECAY_BIAS = 0.0
     cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupPolyLR"
     cfg.SOLVER.POLY_LR_POWER = 0.9
+    cfg.SOLVER.WEIGHT_DECAY = 0.05  # AdamW (reference recipe)
+    cfg.SOLVER.WARMUP_ITERS = 1500  # linear warm-up, then poly decay
+    # gradient clipping: "full_model" = one norm over all gradients (reference: 5.0);
+    # "value" / "norm" are Detectron2's per-parameter clippers
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 5.0
     # AMP dtype: "auto" = bfloat16 on CPU, float16 on CUDA
     cfg.SOLVER.AMP.DTYPE = "auto"
     # refuse checkpoints that need pickle code execution unless this is True

@@ -1,0 +1,3 @@
+from .cspd import CSPD
+from .hapnet_backbone import INPUT_STRATEGIES, HAPNetBackbone
+from .timm_vit import TimmViT

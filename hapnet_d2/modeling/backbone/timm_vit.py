@@ -1,0 +1,189 @@
+"""The vision foundation model (VFM) branch: a timm ViT / BEiT / DeiT / DINOv2 split into stages.
+
+HAPNet runs the VFM's transformer blocks in four groups ("stages") and fuses them with the
+CSPD's spatial prior between groups, so the VFM is used piecewise: :meth:`TimmViT.embed` turns
+an image into tokens, :meth:`TimmViT.forward_stage` runs one group of blocks. The timm model
+is kept intact as ``self.vfm`` so that published checkpoints load with timm's own key names.
+"""
+import contextlib
+import logging
+from typing import Dict, List, Sequence, Tuple
+
+import timm
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TimmViT"]
+
+
+class TimmViT(nn.Module):
+    """A timm plain ViT (any of ``Beit`` or ``VisionTransformer``) used in stages.
+
+    Tokens are always at stride 16: models with another patch size (DINOv2 uses 14) are built
+    with ``patch_size=16`` and their patch embedding is resampled when weights are loaded.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        img_size: Tuple[int, int],
+        stages: Sequence[Sequence[int]],
+        drop_path_rate: float = 0.0,
+        layer_scale_init: float = 0.0,
+        extra_kwargs: Dict = None,
+    ):
+        """
+        Args:
+            name: timm model name, e.g. ``beitv2_base_patch16_224`` or ``deit_small_patch16_224``.
+            img_size: (H, W) the model is built for (the training crop). It fixes BEiT's
+                relative-position window and ViT's absolute position grid.
+            stages: four ``[first, last]`` block index pairs (inclusive), covering all blocks.
+            drop_path_rate: stochastic depth rate of the blocks.
+            layer_scale_init: layer-scale init value; 0 keeps the timm model's own default
+                (use 0 for models without layer scale, such as DeiT).
+            extra_kwargs: more keyword arguments for ``timm.create_model``.
+        """
+        super().__init__()
+        kwargs = dict(extra_kwargs or {})
+        if layer_scale_init > 0:
+            kwargs["init_values"] = layer_scale_init
+        try:
+            self.vfm = timm.create_model(
+                name,
+                pretrained=False,
+                img_size=tuple(img_size),
+                patch_size=16,
+                num_classes=0,
+                drop_path_rate=drop_path_rate,
+                **kwargs,
+            )
+        except RuntimeError as e:  # timm raises RuntimeError for unknown names
+            raise ValueError(f"MODEL.HAPNET.VFM_NAME={name!r} is not a timm model: {e}") from e
+        if not hasattr(self.vfm, "blocks") or not hasattr(self.vfm, "patch_embed"):
+            raise ValueError(f"MODEL.HAPNET.VFM_NAME={name!r} is not a plain ViT (no blocks)")
+        # Parts of the classifier that HAPNet never runs: drop them so that every remaining
+        # parameter is trained (and DDP sees no unused parameters).
+        for attr in ("norm", "fc_norm", "head", "head_drop"):
+            if isinstance(getattr(self.vfm, attr, None), nn.Module):
+                setattr(self.vfm, attr, nn.Identity())
+        for attr in ("mask_token", "attn_pool"):
+            if getattr(self.vfm, attr, None) is not None:
+                setattr(self.vfm, attr, None)
+
+        depth = len(self.vfm.blocks)
+        covered = [i for first, last in stages for i in range(first, last + 1)]
+        if len(stages) != 4 or covered != list(range(depth)):
+            raise ValueError(
+                f"MODEL.HAPNET.VFM_STAGES={list(map(list, stages))} must split the {depth} blocks "
+                f"of {name} into 4 consecutive [first, last] groups"
+            )
+        self.stages = [list(range(first, last + 1)) for first, last in stages]
+        self.embed_dim = self.vfm.embed_dim
+        self.depth = depth
+        self.num_prefix_tokens = getattr(self.vfm, "num_prefix_tokens", 1)
+        self.is_beit = hasattr(self.vfm, "rel_pos_bias")
+        self.window = tuple(self.vfm.patch_embed.grid_size)
+
+    def embed(self, image: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """Patch-embed an image (no prefix tokens, no position embedding yet).
+
+        Args:
+            image: ``[B, 3, H, W]`` normalised, H and W multiples of 16.
+        Returns:
+            tokens ``[B, H/16 * W/16, D]`` and the token grid ``(H/16, W/16)``.
+        """
+        pe = self.vfm.patch_embed
+        x = pe.proj(image)
+        grid = (x.shape[-2], x.shape[-1])
+        x = x.flatten(2).transpose(1, 2)
+        return pe.norm(x), grid
+
+    def add_prefix_and_position(self, tokens: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+        """Attach cls / register tokens and absolute position embeddings.
+
+        Args:
+            tokens: ``[B, N, D]`` patch tokens on ``grid``.
+        Returns:
+            ``[B, P + N, D]`` with the P prefix tokens first.
+        """
+        if self.is_beit:
+            cls = self.vfm.cls_token.expand(tokens.shape[0], -1, -1)
+            x = torch.cat([cls, tokens], dim=1)
+            if self.vfm.pos_embed is not None:
+                pos = self.vfm.pos_embed
+                if grid != self.window:
+                    pos = timm.layers.resample_abs_pos_embed(
+                        pos, new_size=grid, old_size=self.window, num_prefix_tokens=1
+                    )
+                x = x + pos
+            return self.vfm.pos_drop(x)
+        x = tokens.reshape(tokens.shape[0], grid[0], grid[1], -1)
+        if not self.vfm.dynamic_img_size:
+            x = x.flatten(1, 2)
+        x = self.vfm._pos_embed(x)
+        x = self.vfm.patch_drop(x)
+        return self.vfm.norm_pre(x)
+
+    def forward_stage(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        """Run the blocks of one stage.
+
+        Args:
+            x: ``[B, P + N, D]`` tokens with prefix tokens.
+            stage: 0..3.
+        Returns:
+            ``[B, P + N, D]``.
+        """
+        if self.is_beit:
+            shared = self.vfm.rel_pos_bias() if self.vfm.rel_pos_bias is not None else None
+            for i in self.stages[stage]:
+                x = self.vfm.blocks[i](x, shared_rel_pos_bias=shared)
+        else:
+            for i in self.stages[stage]:
+                x = self.vfm.blocks[i](x)
+        return x
+
+    @contextlib.contextmanager
+    def token_grid(self, grid: Tuple[int, int]):
+        """Temporarily rebuild BEiT's relative-position tables for another token grid.
+
+        Used by whole-image inference on inputs of another size than the training crop; the
+        tables are resized with timm's interpolation and restored on exit. Plain ViTs resample
+        their absolute position embedding per call and need nothing here.
+        """
+        grid = tuple(grid)
+        modules = [
+            m
+            for m in self.vfm.modules()
+            if hasattr(m, "set_window_size") and getattr(m, "relative_position_bias_table", None) is not None
+        ]
+        if grid == self.window or not modules:
+            yield
+            return
+        if self.training:
+            raise RuntimeError(
+                f"the VFM is built for a {self.window} token grid (INPUT.CROP.SIZE); training on a "
+                f"{grid} grid is not supported, use square crops of the configured size"
+            )
+        saved = [
+            (m, m.window_size, m.num_relative_distance, m.relative_position_bias_table, m.relative_position_index)
+            for m in modules
+        ]
+        try:
+            with torch.no_grad():
+                for m in modules:
+                    m.set_window_size(grid)
+            yield
+        finally:
+            for m, window, num, table, index in saved:
+                m.window_size = window
+                m.num_relative_distance = num
+                m.relative_position_bias_table = table
+                m.register_buffer("relative_position_index", index, persistent=False)
+
+    def no_weight_decay(self) -> List[str]:
+        """Names (relative to this module) that timm excludes from weight decay."""
+        names = self.vfm.no_weight_decay() if hasattr(self.vfm, "no_weight_decay") else set()
+        return ["vfm." + n for n in names]

@@ -1,0 +1,1 @@
+from .hapnet import HAPNet
