@@ -4,6 +4,7 @@ A light FCN on the stride-4 fused feature (res2): 3x3 conv + norm + ReLU, dropou
 the K classes (the reference code's layout; the paper says "two convolutional layers"). Its
 cross-entropy loss deep-supervises res2; it is never run at inference.
 """
+
 import torch
 import torch.nn.functional as F
 from detectron2.layers import Conv2d, get_norm
@@ -13,11 +14,25 @@ __all__ = ["AuxFCNHead"]
 
 
 class AuxFCNHead(nn.Module):
-    def __init__(self, in_channels: int, channels: int, num_classes: int, dropout: float = 0.1,
-                 norm: str = "BN", ignore_value: int = 255):
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        num_classes: int,
+        dropout: float = 0.1,
+        norm: str = "BN",
+        ignore_value: int = 255,
+    ):
         super().__init__()
-        self.conv = Conv2d(in_channels, channels, 3, padding=1, bias=False, norm=get_norm(norm, channels),
-                           activation=F.relu)
+        self.conv = Conv2d(
+            in_channels,
+            channels,
+            3,
+            padding=1,
+            bias=False,
+            norm=get_norm(norm, channels),
+            activation=F.relu,
+        )
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
         self.ignore_value = ignore_value
@@ -37,5 +52,7 @@ class AuxFCNHead(nn.Module):
         Args:
             logits: ``[B, K, h, w]``; targets: ``[B, H, W]`` long, ``ignore_value`` ignored.
         """
-        logits = F.interpolate(logits.float(), size=targets.shape[-2:], mode="bilinear", align_corners=False)
+        logits = F.interpolate(
+            logits.float(), size=targets.shape[-2:], mode="bilinear", align_corners=False
+        )
         return F.cross_entropy(logits, targets, ignore_index=self.ignore_value)

@@ -1,0 +1,39 @@
+"""Shared fixtures: configs of the tiny model and small synthetic RGB-T inputs."""
+import os
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+
+from hapnet_d2.config import add_hapnet_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(REPO), "shared")
+
+
+def load_cfg(path: str, opts=()):
+    """A frozen-free config from a repo-relative YAML path plus ``opts`` overrides."""
+    cfg = get_cfg()
+    add_hapnet_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO, path))
+    cfg.merge_from_list(list(opts))
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg():
+    """The tiny config at 64x64 crops (4x4 ViT tokens), pure-PyTorch-free defaults."""
+    return load_cfg("configs/synth/hapnet_tiny.yaml", ["INPUT.CROP.SIZE", (64, 64)])
+
+
+def rgbt_pair(height: int, width: int, num_classes: int = 9, seed: int = 0):
+    """A random RGB-T input dict with a label map, Detectron2 style."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "image": torch.randint(0, 256, (3, height, width), generator=g, dtype=torch.uint8),
+        "thermal": torch.rand(1, height, width, generator=g) * 255,
+        "sem_seg": torch.randint(0, num_classes, (height, width), generator=g),
+        "height": height,
+        "width": width,
+    }
