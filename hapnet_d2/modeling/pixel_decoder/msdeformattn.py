@@ -62,6 +62,16 @@ class MSDeformAttnEncoderLayer(nn.Module):
         n_points: int = 4,
         impl: str = "auto",
     ):
+        """
+        Args:
+            d_model: token width.
+            d_ffn: FFN hidden width.
+            dropout: dropout on the residual branches and after the FFN activation.
+            n_levels: feature levels L.
+            n_heads: deformable attention heads.
+            n_points: sampling points per head and level.
+            impl: deformable attention implementation ("auto", "kernel" or "pytorch").
+        """
         super().__init__()
         self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, impl=impl)
         self.dropout1 = nn.Dropout(dropout)

@@ -51,6 +51,13 @@ class _ResidualAttention(nn.Module):
     def __init__(
         self, d_model: int, nhead: int, dropout: float = 0.0, normalize_before: bool = False
     ):
+        """
+        Args:
+            d_model: query and memory width.
+            nhead: attention heads.
+            dropout: dropout on the attention weights and on the residual branch.
+            normalize_before: pre-norm (True) or post-norm (False).
+        """
         super().__init__()
         self.attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
         self.norm = nn.LayerNorm(d_model)
@@ -121,6 +128,13 @@ class FFNLayer(nn.Module):
         dropout: float = 0.0,
         normalize_before: bool = False,
     ):
+        """
+        Args:
+            d_model: input and output width.
+            dim_feedforward: hidden width.
+            dropout: dropout after the activation and on the residual branch.
+            normalize_before: pre-norm (True) or post-norm (False).
+        """
         super().__init__()
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
