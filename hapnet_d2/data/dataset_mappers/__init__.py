@@ -1,0 +1,17 @@
+"""Dataset mappers, looked up by ``cfg.INPUT.DATASET_MAPPER_NAME``."""
+
+from .rgbt_semantic_dataset_mapper import RGBTSemanticDatasetMapper
+
+__all__ = ["DATASET_MAPPERS", "RGBTSemanticDatasetMapper", "build_dataset_mapper"]
+
+DATASET_MAPPERS = {"rgbt_semantic": RGBTSemanticDatasetMapper}
+
+
+def build_dataset_mapper(cfg, is_train=True):
+    """The mapper named by ``cfg.INPUT.DATASET_MAPPER_NAME``, built from ``cfg``."""
+    name = cfg.INPUT.DATASET_MAPPER_NAME
+    if name not in DATASET_MAPPERS:
+        raise KeyError(
+            f"unknown INPUT.DATASET_MAPPER_NAME {name!r}; known: {sorted(DATASET_MAPPERS)}"
+        )
+    return DATASET_MAPPERS[name](cfg, is_train)

@@ -1,0 +1,160 @@
+"""Dataset dict -> RGB, thermal and label tensors, with aligned augmentation."""
+
+import copy
+
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.data import transforms as T
+
+from ..io import IGNORE_LABEL, read_sample
+
+__all__ = ["RGBTSemanticDatasetMapper", "PadToSize"]
+
+
+class PadToSize(T.Augmentation):
+    """Pad at the bottom/right to at least ``size``, then up to a multiple of ``divisibility``.
+
+    Images are padded with ``pad_value``, label maps with ``seg_pad_value``.
+    """
+
+    def __init__(self, size=None, divisibility=-1, pad_value=0, seg_pad_value=IGNORE_LABEL):
+        """
+        Args:
+            size (tuple[int, int] or None): minimum (height, width) after padding.
+            divisibility (int): pad height and width to a multiple of this (<= 0: off).
+            pad_value (float): image fill value.
+            seg_pad_value (int): label fill value.
+        """
+        super().__init__()
+        self._init(locals())
+
+    def get_transform(self, image):
+        h, w = image.shape[:2]
+        th, tw = (h, w) if self.size is None else (max(h, self.size[0]), max(w, self.size[1]))
+        if self.divisibility > 0:
+            th = -(-th // self.divisibility) * self.divisibility
+            tw = -(-tw // self.divisibility) * self.divisibility
+        if (th, tw) == (h, w):
+            return T.NoOpTransform()
+        return T.PadTransform(
+            0, 0, tw - w, th - h, w, h, pad_value=self.pad_value, seg_pad_value=self.seg_pad_value
+        )
+
+
+class RGBTSemanticDatasetMapper:
+    """Map an RGB-T dataset dict to the inputs of HAPNet.
+
+    Training: one geometric augmentation (random resize, square crop with a single-category
+    area limit, flip, pad) is drawn once and applied to RGB, thermal and label alike;
+    photometric augmentation (brightness, contrast, saturation) touches the RGB image only.
+    Test: original size, no augmentation.
+
+    The output dict is a copy of the input plus:
+
+    * ``"image"``: uint8 tensor ``[3,H,W]`` in ``image_format`` channel order;
+    * ``"thermal"``: float32 tensor ``[3,H,W]`` on a 0-255 scale (1 channel replicated);
+    * ``"sem_seg"``: long tensor ``[H,W]``, 255 = ignore (when the dict has a label file);
+    * ``"height"``/``"width"``: filled from the image when the dict has None.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        is_train=True,
+        *,
+        geometric_augmentations,
+        photometric_augmentations,
+        image_format,
+        ignore_label=IGNORE_LABEL,
+    ):
+        """
+        Args:
+            is_train (bool): training (augment) or inference mapping.
+            geometric_augmentations (list[Augmentation]): applied to RGB, thermal and label.
+            photometric_augmentations (list[Augmentation]): applied to the RGB image only.
+            image_format (str): "RGB" or "BGR", channel order of ``"image"``.
+            ignore_label (int): label id ignored by the loss; also the crop's ignored id.
+        """
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be RGB or BGR, got {image_format!r}")
+        self.is_train = is_train
+        self.geometric = T.AugmentationList(geometric_augmentations)
+        self.photometric = T.AugmentationList(photometric_augmentations)
+        self.image_format = image_format
+        self.ignore_label = ignore_label
+
+    @classmethod
+    def from_config(cls, cfg, is_train=True):
+        ignore_label = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
+        geometric, photometric = [], []
+        if is_train:
+            base_h, base_w = cfg.INPUT.BASE_SIZE
+            min_ratio, max_ratio = cfg.INPUT.RESIZE_RATIO_RANGE
+            geometric.append(T.ResizeScale(min_ratio, max_ratio, base_h, base_w))
+            if cfg.INPUT.CROP.ENABLED:
+                geometric.append(
+                    T.RandomCrop_CategoryAreaConstraint(
+                        cfg.INPUT.CROP.TYPE,
+                        cfg.INPUT.CROP.SIZE,
+                        cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA,
+                        ignore_label,
+                    )
+                )
+            if cfg.INPUT.RANDOM_FLIP != "none":
+                geometric.append(
+                    T.RandomFlip(
+                        horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
+                        vertical=cfg.INPUT.RANDOM_FLIP == "vertical",
+                    )
+                )
+            crop = tuple(cfg.INPUT.CROP.SIZE) if cfg.INPUT.CROP.ENABLED else None
+            geometric.append(PadToSize(crop, cfg.INPUT.SIZE_DIVISIBILITY, 0, ignore_label))
+            if cfg.INPUT.COLOR_AUG_SSD:
+                photometric = [
+                    T.RandomApply(T.RandomBrightness(0.875, 1.125)),
+                    T.RandomApply(T.RandomContrast(0.5, 1.5)),
+                    T.RandomApply(T.RandomSaturation(0.5, 1.5)),
+                ]
+        return {
+            "is_train": is_train,
+            "geometric_augmentations": geometric,
+            "photometric_augmentations": photometric,
+            "image_format": cfg.INPUT.FORMAT,
+            "ignore_label": ignore_label,
+        }
+
+    def __call__(self, dataset_dict):
+        """
+        Args:
+            dataset_dict (dict): one dict of a registered RGB-T dataset.
+
+        Returns:
+            dict: the input entries plus ``image``, ``thermal`` and ``sem_seg`` tensors.
+        """
+        dataset_dict = copy.deepcopy(dataset_dict)
+        rgb, thermal, label = read_sample(dataset_dict)
+        if dataset_dict.get("height") is None or dataset_dict.get("width") is None:
+            dataset_dict["height"], dataset_dict["width"] = rgb.shape[:2]
+        if label is None and self.is_train:
+            raise ValueError(f"{dataset_dict['file_name']}: training sample without a label file")
+
+        aug_input = T.AugInput(rgb, sem_seg=label)
+        transforms = self.geometric(aug_input)
+        rgb, label = aug_input.image, aug_input.sem_seg
+        thermal = transforms.apply_image(thermal)
+        photometric_input = T.AugInput(rgb)
+        self.photometric(photometric_input)
+        rgb = photometric_input.image
+
+        if self.image_format == "BGR":
+            rgb = rgb[:, :, ::-1]
+        if thermal.ndim == 2:
+            thermal = np.repeat(thermal[:, :, None], 3, axis=2)
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+        dataset_dict["thermal"] = torch.as_tensor(
+            np.ascontiguousarray(thermal.transpose(2, 0, 1), dtype=np.float32)
+        )
+        if label is not None:
+            dataset_dict["sem_seg"] = torch.as_tensor(label.astype(np.int64))
+        return dataset_dict
