@@ -112,6 +112,7 @@ def test_inference_any_size(tiny_cfg, mode):
 
 
 def test_slide_equals_whole_when_one_window(tiny_cfg):
+    tiny_cfg.TEST.SLIDE_CROP = (64, 64)
     model = build_model(tiny_cfg).eval()
     x = rgbt_pair(64, 64)
     with torch.no_grad():
@@ -144,3 +145,18 @@ def test_bad_inputs_raise_clear_errors(tiny_cfg):
     model.train()
     with pytest.raises(KeyError, match="sem_seg"):
         model([{k: v for k, v in x.items() if k != "sem_seg"}])
+
+
+def test_resized_position_tables_are_cached_until_weights_change(tiny_cfg):
+    tiny_cfg.TEST.MODE = "whole"
+    model = build_model(tiny_cfg).eval()
+    x = rgbt_pair(96, 128)  # 6x8 tokens: another grid than the 4x4 training window
+    with torch.no_grad():
+        first = model([x])[0]["sem_seg"]
+        again = model([x])[0]["sem_seg"]
+        for blk in model.backbone.vfm.vfm.blocks:
+            blk.attn.relative_position_bias_table.add_(torch.randn_like(blk.attn.relative_position_bias_table))
+        changed = model([x])[0]["sem_seg"]
+    torch.testing.assert_close(first, again)
+    assert not torch.allclose(first, changed)
+    assert model.backbone.vfm.vfm.blocks[0].attn.relative_position_bias_table.shape == (7 * 7 + 3, 3)

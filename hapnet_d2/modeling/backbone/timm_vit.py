@@ -86,6 +86,7 @@ class TimmViT(nn.Module):
         self.num_prefix_tokens = getattr(self.vfm, "num_prefix_tokens", 1)
         self.is_beit = hasattr(self.vfm, "rel_pos_bias")
         self.window = tuple(self.vfm.patch_embed.grid_size)
+        self._grid_cache = {}  # (module id, grid) -> (weight stamp, resized window state)
 
     def embed(self, image: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """Patch-embed an image (no prefix tokens, no position embedding yet).
@@ -147,11 +148,12 @@ class TimmViT(nn.Module):
 
     @contextlib.contextmanager
     def token_grid(self, grid: Tuple[int, int]):
-        """Temporarily rebuild BEiT's relative-position tables for another token grid.
+        """Temporarily use BEiT's relative-position tables resized for another token grid.
 
-        Used by whole-image inference on inputs of another size than the training crop; the
-        tables are resized with timm's interpolation and restored on exit. Plain ViTs resample
-        their absolute position embedding per call and need nothing here.
+        Used by whole-image inference on inputs of another size than the training crop. Tables
+        are resized with timm's own interpolation (``set_window_size``) once per grid and cached
+        until the weights change; the module's own tables are restored on exit. Plain ViTs
+        resample their absolute position embedding per call and need nothing here.
         """
         grid = tuple(grid)
         modules = [
@@ -167,23 +169,48 @@ class TimmViT(nn.Module):
                 f"the VFM is built for a {self.window} token grid (INPUT.CROP.SIZE); training on a "
                 f"{grid} grid is not supported, use square crops of the configured size"
             )
-        saved = [
-            (m, m.window_size, m.num_relative_distance, m.relative_position_bias_table, m.relative_position_index)
-            for m in modules
-        ]
+        own = [_window_state(m) for m in modules]
         try:
-            with torch.no_grad():
-                for m in modules:
-                    m.set_window_size(grid)
+            for m, state in zip(modules, own):
+                _set_window_state(m, self._resized_state(m, state, grid))
             yield
         finally:
-            for m, window, num, table, index in saved:
-                m.window_size = window
-                m.num_relative_distance = num
-                m.relative_position_bias_table = table
-                m.register_buffer("relative_position_index", index, persistent=False)
+            for m, state in zip(modules, own):
+                _set_window_state(m, state)
+
+    def _resized_state(self, module: nn.Module, own: Dict, grid: Tuple[int, int]) -> Dict:
+        """The window state of ``module`` for ``grid``, from the cache if the weights are unchanged."""
+        table = own["relative_position_bias_table"]
+        stamp = (table.data_ptr(), table._version)
+        key = (id(module), grid)
+        cached = self._grid_cache.get(key)
+        if cached is None or cached[0] != stamp:
+            with torch.no_grad():
+                module.set_window_size(grid)
+            cached = (stamp, _window_state(module))
+            self._grid_cache[key] = cached
+            _set_window_state(module, own)
+        return cached[1]
 
     def no_weight_decay(self) -> List[str]:
         """Names (relative to this module) that timm excludes from weight decay."""
         names = self.vfm.no_weight_decay() if hasattr(self.vfm, "no_weight_decay") else set()
         return ["vfm." + n for n in names]
+
+
+_WINDOW_ATTRS = ("window_size", "window_area", "num_relative_distance", "relative_position_bias_table")
+
+
+def _window_state(module: nn.Module) -> Dict:
+    """The attributes of a timm relative-position module that depend on its window."""
+    state = {a: getattr(module, a) for a in _WINDOW_ATTRS if hasattr(module, a)}
+    state["relative_position_index"] = module.relative_position_index
+    return state
+
+
+def _set_window_state(module: nn.Module, state: Dict) -> None:
+    for attr, value in state.items():
+        if attr == "relative_position_index":
+            module.register_buffer(attr, value, persistent=False)
+        else:
+            setattr(module, attr, value)

@@ -1,0 +1,34 @@
+"""Run ``train_net.py`` as a child process and collect the evaluator's results.
+
+Used by ``tools/quickstart.py`` and ``tools/synth_ablation.py``: training runs exactly as a user
+would run it (same entry point, logging with ETA, checkpoints), and the numbers come from the
+``results.json`` the evaluator writes.
+"""
+import json
+import os
+import subprocess
+import sys
+from typing import Dict, List, Sequence
+
+__all__ = ["REPO_ROOT", "train_and_evaluate", "load_results"]
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def load_results(output_dir: str, dataset_name: str) -> Dict:
+    """The evaluator's ``results.json`` of ``dataset_name`` under ``output_dir/inference``."""
+    path = os.path.join(output_dir, "inference", dataset_name, "results.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: the evaluation of {dataset_name} did not run")
+    with open(path) as f:
+        return json.load(f)
+
+
+def train_and_evaluate(config_file: str, output_dir: str, opts: Sequence[str] = (),
+                       extra_args: List[str] = ()) -> int:
+    """Train and evaluate one config with ``train_net.py`` (resuming if ``output_dir`` has a
+    checkpoint, so an interrupted run continues). Returns the exit code."""
+    cmd = [sys.executable, os.path.join(REPO_ROOT, "train_net.py"), "--config-file", config_file,
+           "--resume", *extra_args, "OUTPUT_DIR", output_dir, *opts]
+    print("+ " + " ".join(cmd), flush=True)
+    return subprocess.call(cmd, cwd=REPO_ROOT)
