@@ -148,15 +148,18 @@ def test_bad_inputs_raise_clear_errors(tiny_cfg):
 
 
 def test_resized_position_tables_are_cached_until_weights_change(tiny_cfg):
-    tiny_cfg.TEST.MODE = "whole"
-    model = build_model(tiny_cfg).eval()
-    x = rgbt_pair(96, 128)  # 6x8 tokens: another grid than the 4x4 training window
+    vfm = build_model(tiny_cfg).eval().backbone.vfm
+    attn = vfm.vfm.blocks[0].attn
+    own = attn.relative_position_bias_table
     with torch.no_grad():
-        first = model([x])[0]["sem_seg"]
-        again = model([x])[0]["sem_seg"]
-        for blk in model.backbone.vfm.vfm.blocks:
-            blk.attn.relative_position_bias_table.add_(torch.randn_like(blk.attn.relative_position_bias_table))
-        changed = model([x])[0]["sem_seg"]
-    torch.testing.assert_close(first, again)
-    assert not torch.allclose(first, changed)
-    assert model.backbone.vfm.vfm.blocks[0].attn.relative_position_bias_table.shape == (7 * 7 + 3, 3)
+        own.copy_(torch.randn_like(own))
+        with vfm.token_grid((6, 8)):  # another grid than the 4x4 training window
+            first = attn.relative_position_bias_table
+            assert first.shape == (11 * 15 + 3, 3) and attn.relative_position_index.shape == (49, 49)
+        with vfm.token_grid((6, 8)):
+            assert attn.relative_position_bias_table is first  # cached
+        own.add_(1.0)
+        with vfm.token_grid((6, 8)):
+            # recomputed from the new weights: the cls-token entries are copied as they are
+            torch.testing.assert_close(attn.relative_position_bias_table[-3:], own[-3:])
+    assert attn.relative_position_bias_table is own and attn.window_size == (4, 4)
