@@ -61,7 +61,7 @@ def safe_torch_load(path: str, allow_unsafe: bool = False) -> Any:
         CheckpointError: the file is corrupt, truncated or not a PyTorch checkpoint.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"Checkpoint file {path} does not exist.")
+        raise FileNotFoundError(f"Checkpoint file {path} does not exist or is not a file.")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

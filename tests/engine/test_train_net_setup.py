@@ -1,0 +1,40 @@
+"""Command-line setup of train_net.py: the unsafe-checkpoint opt-in and the CPU fallback."""
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def train_net():
+    spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO, "train_net.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _setup(train_net, tmp_path, *extra):
+    args = train_net.get_parser().parse_args(
+        ["--config-file", os.path.join(REPO, "configs/synth/hapnet_tiny.yaml"), *extra]
+        + ["OUTPUT_DIR", str(tmp_path)]
+    )
+    return train_net.setup(args)
+
+
+def test_unsafe_checkpoints_are_opt_in(train_net, tmp_path):
+    assert not _setup(train_net, tmp_path / "default").MODEL.ALLOW_UNSAFE_CHECKPOINTS
+    cfg = _setup(train_net, tmp_path / "opt_in", "--allow-unsafe-checkpoint")
+    assert cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS
+    assert cfg.is_frozen()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback of CPU-only machines")
+def test_cuda_falls_back_to_cpu(train_net, tmp_path):
+    cfg = _setup(train_net, tmp_path, "MODEL.DEVICE", "cuda")
+    assert cfg.MODEL.DEVICE == "cpu"
+    with open(os.path.join(tmp_path, "log.txt")) as f:
+        assert "no GPU is available: running on the CPU" in f.read()
