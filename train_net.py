@@ -14,18 +14,13 @@ Examples:
 
 import logging
 
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
-from hapnet_d2 import add_hapnet_config
 from hapnet_d2.checkpoint import HAPNetCheckpointer
-from hapnet_d2.engine import (
-    Trainer,
-    share_cpu_threads_between_processes,
-    use_cpu_if_cuda_unavailable,
-)
+from hapnet_d2.config import get_hapnet_cfg
+from hapnet_d2.engine import Trainer, share_cpu_threads_between_processes
 
 
 def get_parser():
@@ -42,18 +37,10 @@ def get_parser():
 
 def setup(args):
     """Build the frozen config from ``--config-file`` and ``opts``, and set up logging."""
-    cfg = get_cfg()
-    add_hapnet_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if args.allow_unsafe_checkpoint:
-        cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS = True
-    fell_back_to_cpu = use_cpu_if_cuda_unavailable(cfg)
+    cfg = get_hapnet_cfg(args.config_file, args.opts, args.allow_unsafe_checkpoint)
     cfg.freeze()
     default_setup(cfg, args)
     logger = logging.getLogger("detectron2")
-    if fell_back_to_cpu:
-        logger.info("MODEL.DEVICE asks for CUDA but no GPU is available: running on the CPU.")
     if cfg.MODEL.DEVICE == "cpu":
         logger.info(f"Using {share_cpu_threads_between_processes(cfg)} CPU threads per process.")
     return cfg

@@ -23,17 +23,15 @@ from collections import Counter
 
 import cv2
 import tqdm
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.logger import setup_logger
 from PIL import Image
 from predictor import PairedVideoReader, RGBTVisualizationDemo
 
-from hapnet_d2 import add_hapnet_config
 from hapnet_d2.checkpoint import CheckpointError
+from hapnet_d2.config import get_hapnet_cfg
 from hapnet_d2.data import RGBTDataError, read_rgbt
 from hapnet_d2.data.datasets import DATASET_FORMATS
-from hapnet_d2.engine import use_cpu_if_cuda_unavailable
 
 # errors caused by the user's files: reported in one line, exit code 1
 INPUT_ERRORS = (RGBTDataError, CheckpointError, FileNotFoundError)
@@ -107,13 +105,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 
 def setup_cfg(args: argparse.Namespace):
     """Frozen config: defaults -> ``--config-file`` -> ``--opts`` (as in train_net.py)."""
-    cfg = get_cfg()
-    add_hapnet_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if args.allow_unsafe_checkpoint:
-        cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS = True
-    use_cpu_if_cuda_unavailable(cfg)
+    cfg = get_hapnet_cfg(args.config_file, args.opts, args.allow_unsafe_checkpoint)
     cfg.freeze()
     return cfg
 

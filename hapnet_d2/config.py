@@ -3,6 +3,8 @@
 Every key HAPNet adds to Detectron2's config lives here, with its meaning. YAML files under
 ``configs/`` only override these defaults (``_BASE_`` chains), as in Mask2Former.
 """
+import logging
+
 import torch
 from detectron2.config import CfgNode as CN
 
@@ -151,3 +153,23 @@ def add_hapnet_config(cfg):
     cfg.SOLVER.AMP.DTYPE = "auto"
     # refuse checkpoints that need pickle code execution unless this is True
     cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS = False
+
+
+def get_hapnet_cfg(config_file: str, opts=(), allow_unsafe_checkpoints: bool = False):
+    """An unfrozen config: Detectron2's defaults -> HAPNet's -> ``config_file`` -> ``opts``.
+
+    The one way every entry point (train_net.py, demo, tools, tests) builds its config. A
+    config asking for CUDA on a machine without a GPU is switched to the CPU.
+    """
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_hapnet_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    if allow_unsafe_checkpoints:
+        cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS = True
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logging.getLogger(__name__).info("MODEL.DEVICE asks for CUDA but no GPU is available: using the CPU.")
+        cfg.MODEL.DEVICE = "cpu"
+    return cfg

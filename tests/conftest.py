@@ -3,9 +3,7 @@ import os
 
 import pytest
 import torch
-from detectron2.config import get_cfg
-
-from hapnet_d2.config import add_hapnet_config
+from hapnet_d2.config import get_hapnet_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(REPO), "shared")
@@ -13,10 +11,7 @@ SHARED = os.path.join(os.path.dirname(REPO), "shared")
 
 def load_cfg(path: str, opts=()):
     """A frozen-free config from a repo-relative YAML path plus ``opts`` overrides."""
-    cfg = get_cfg()
-    add_hapnet_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, path))
-    cfg.merge_from_list(list(opts))
+    cfg = get_hapnet_cfg(os.path.join(REPO, path), opts)
     cfg.MODEL.DEVICE = "cpu"
     return cfg
 

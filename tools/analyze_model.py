@@ -11,21 +11,17 @@ import argparse
 import logging
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
 import hapnet_d2  # noqa: F401  (registration)
-from hapnet_d2.config import add_hapnet_config
+from hapnet_d2.config import get_hapnet_cfg
 from hapnet_d2.utils.analysis import flop_counter, flops_by_component, parameters_by_component
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_hapnet_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_hapnet_cfg(args.config_file, args.opts)
     cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     return cfg

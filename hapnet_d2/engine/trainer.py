@@ -19,20 +19,7 @@ from hapnet_d2.test_time_augmentation import SemanticSegmentorWithTTA
 
 from .train_loop import AutocastTrainer, resolve_amp_dtype
 
-__all__ = ["Trainer", "share_cpu_threads_between_processes", "use_cpu_if_cuda_unavailable"]
-
-
-def use_cpu_if_cuda_unavailable(cfg) -> bool:
-    """
-    Switch ``cfg.MODEL.DEVICE`` from "cuda" to "cpu" when no GPU is available (in place).
-
-    Returns:
-        True if the device was changed.
-    """
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-        return True
-    return False
+__all__ = ["Trainer", "share_cpu_threads_between_processes"]
 
 
 def share_cpu_threads_between_processes(cfg) -> int:

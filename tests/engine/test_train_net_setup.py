@@ -36,5 +36,3 @@ def test_unsafe_checkpoints_are_opt_in(train_net, tmp_path):
 def test_cuda_falls_back_to_cpu(train_net, tmp_path):
     cfg = _setup(train_net, tmp_path, "MODEL.DEVICE", "cuda")
     assert cfg.MODEL.DEVICE == "cpu"
-    with open(os.path.join(tmp_path, "log.txt")) as f:
-        assert "no GPU is available: running on the CPU" in f.read()
