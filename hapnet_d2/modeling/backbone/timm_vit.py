@@ -6,6 +6,7 @@ an image into tokens, :meth:`TimmViT.forward_stage` runs one group of blocks. Th
 is kept intact as ``self.vfm`` so that published checkpoints load with timm's own key names.
 """
 import contextlib
+import functools
 import logging
 from typing import Dict, List, Sequence, Tuple
 
@@ -15,7 +16,26 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TimmViT"]
+__all__ = ["TimmViT", "relative_position_bias"]
+
+
+def relative_position_bias(attn: nn.Module) -> torch.Tensor:
+    """BEiT's per-block relative position bias, gathered straight into the head-first layout.
+
+    Same values as timm's ``Attention._get_rel_pos_bias`` (which gathers ``[N*N, heads]`` and
+    then permutes to a contiguous copy): one ``index_select`` on the transposed table, about 3x
+    faster on CPU, where this bias cost a third of a BEiT-B block at 480x480.
+
+    Args:
+        attn: a timm BEiT ``Attention`` with ``relative_position_bias_table``
+            ``[num_relative_distance, heads]`` and ``relative_position_index`` ``[N, N]``
+            (N = tokens including the cls token).
+    Returns:
+        ``[1, heads, N, N]``.
+    """
+    index = attn.relative_position_index
+    table = attn.relative_position_bias_table.t()  # [heads, num_relative_distance]
+    return table.index_select(1, index.reshape(-1)).view(1, -1, *index.shape)
 
 
 class TimmViT(nn.Module):
@@ -85,6 +105,10 @@ class TimmViT(nn.Module):
         self.depth = depth
         self.num_prefix_tokens = getattr(self.vfm, "num_prefix_tokens", 1)
         self.is_beit = hasattr(self.vfm, "rel_pos_bias")
+        for block in self.vfm.blocks:
+            if getattr(block.attn, "relative_position_bias_table", None) is not None:
+                # instance attribute shadowing timm's method (see relative_position_bias)
+                block.attn._get_rel_pos_bias = functools.partial(relative_position_bias, block.attn)
         self.window = tuple(self.vfm.patch_embed.grid_size)
         self._grid_cache = {}  # (module id, grid) -> (weight stamp, resized window state)
 

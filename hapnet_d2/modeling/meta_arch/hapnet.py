@@ -202,16 +202,23 @@ class HAPNet(nn.Module):
         Args:
             rgb, thermal: ``[B, 3, H, W]`` normalised.
         Returns:
-            ``[B, K, H, W]`` semantic scores.
+            ``[B, K, H, W]`` float32 semantic scores (also under autocast).
         """
         height, width = rgb.shape[-2:]
         div = self.size_divisibility
         pad = (0, (-width) % div, 0, (-height) % div)
         features = self.backbone(F.pad(rgb, pad), F.pad(thermal, pad))
         outputs = self.sem_seg_head(features)
-        masks = F.interpolate(outputs["pred_masks"], size=(height + pad[3], width + pad[1]),
-                              mode="bilinear", align_corners=False)[..., :height, :width]
-        return torch.stack([semantic_inference(c, m) for c, m in zip(outputs["pred_logits"], masks)])
+        # scores are formed in float32 also under autocast: bf16 would tie close classes
+        with torch.autocast(rgb.device.type, enabled=False):
+            masks = F.interpolate(
+                outputs["pred_masks"].float(),
+                size=(height + pad[3], width + pad[1]),
+                mode="bilinear",
+                align_corners=False,
+            )[..., :height, :width]
+            logits = outputs["pred_logits"].float()
+            return torch.stack([semantic_inference(c, m) for c, m in zip(logits, masks)])
 
     @torch.no_grad()
     def slide_inference(self, rgb: torch.Tensor, thermal: torch.Tensor) -> torch.Tensor:

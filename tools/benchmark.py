@@ -1,0 +1,278 @@
+#!/usr/bin/env python
+"""Inference speed of a HAPNet config, measured against the machine's own GEMM peak.
+
+    python tools/benchmark.py --config-file configs/mfnet/hapnet_beitv2_b.yaml \
+        --size 480 480 --dtype fp32 --threads 2 --iters 10 --warmup 2 --json
+
+Builds the model (random weights unless MODEL.WEIGHTS is given), times ``--iters`` inference
+calls on a random RGB-T batch after ``--warmup`` untimed ones, and reports:
+
+* ``params``: parameters used at inference (the training-only aux head left out);
+* ``gflops``: real GFLOPs of one call (2 x fvcore's multiply-add count, the whole batch);
+* ``latency_ms_p50`` / ``latency_ms_p90`` of one call, ``fps`` = batch / p50;
+* ``peak_memory_mb``: growth of the peak RSS during inference on CPU (``resource``), or
+  ``torch.cuda.max_memory_allocated`` on GPU;
+* ``gemm_peak_gflops``: a large square matmul of the same dtype, timed after every timed call
+  (best of 3 products each time, median over the calls), so that both see the same load;
+* ``mfu`` = gflops / p50 / gemm_peak_gflops (model FLOP utilisation).
+
+``--dtype bf16`` / ``fp16`` run under ``torch.autocast`` (the deformable attention sampling,
+its softmax and the normalisations stay in float32). With ``--json`` the last line printed is
+one JSON object.
+
+On a machine shared with other jobs, set ``OMP_WAIT_POLICY=PASSIVE``: spinning OpenMP threads
+that wait for a descheduled peer made a 2-thread run 20x slower here (docs/speed.md).
+"""
+import argparse
+import contextlib
+import json
+import logging
+import os
+import resource
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Tuple
+
+import numpy as np
+import torch
+from detectron2.modeling import build_model
+from detectron2.utils.logger import setup_logger
+from tabulate import tabulate
+
+import hapnet_d2  # noqa: F401  (registration)
+from hapnet_d2.checkpoint import HAPNetCheckpointer
+from hapnet_d2.config import get_hapnet_cfg
+from hapnet_d2.utils.analysis import flop_counter, parameters_by_component
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# GEMM probe size: grows from GEMM_MIN_SIZE until one product takes GEMM_TARGET_SECONDS (or
+# reaches GEMM_MAX_SIZE), so machines without fast bf16/fp16 units are not stalled.
+GEMM_MIN_SIZE, GEMM_MAX_SIZE, GEMM_TARGET_SECONDS = 256, 4096, 0.25
+
+logger = logging.getLogger("hapnet_d2.benchmark")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--size", nargs=2, type=int, default=(480, 480), metavar=("H", "W"))
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--batch", type=int, default=1, help="images per call")
+    parser.add_argument("--iters", type=int, default=10, help="timed calls")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
+    parser.add_argument("--mode", choices=["whole", "slide"], default="whole",
+                        help="whole-image or sliding-window inference (TEST.MODE)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the backbone and the head")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--json", action="store_true", help="print a JSON object last")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    return parser
+
+
+def setup(args):
+    """Config from ``--config-file`` and overrides; TEST.MODE from ``--mode``."""
+    cfg = get_hapnet_cfg(args.config_file, args.opts)
+    cfg.TEST.MODE = args.mode
+    cfg.freeze()
+    return cfg
+
+
+def check_args(args) -> None:
+    """Raise ValueError on arguments that cannot be benchmarked."""
+    if not os.path.isfile(args.config_file):
+        raise ValueError(f"{args.config_file}: config file does not exist")
+    h, w = args.size
+    if h <= 0 or w <= 0 or args.batch <= 0 or args.iters <= 0 or args.warmup < 0:
+        raise ValueError(
+            f"--size, --batch and --iters must be positive and --warmup >= 0, got size {h}x{w}, "
+            f"batch {args.batch}, iters {args.iters}, warmup {args.warmup}"
+        )
+    if args.mode == "slide" and args.batch != 1:
+        raise ValueError("--mode slide runs one image at a time (its windows form the batch): "
+                         "use --batch 1")
+
+
+def random_inputs(batch: int, height: int, width: int, seed: int = 0) -> List[Dict]:
+    """``batch`` Detectron2-style input dicts: ``image`` [3, H, W] uint8 and ``thermal``
+    [1, H, W] float (0-255), random."""
+    g = torch.Generator().manual_seed(seed)
+    return [
+        {
+            "image": torch.randint(0, 256, (3, height, width), generator=g, dtype=torch.uint8),
+            "thermal": torch.randint(0, 256, (1, height, width), generator=g).float(),
+        }
+        for _ in range(batch)
+    ]
+
+
+def autocast(device_type: str, dtype: torch.dtype):
+    """``torch.autocast`` to ``dtype``, or a no-op for float32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=dtype)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(
+    fn: Callable[[], object], iters: int, warmup: int, device: torch.device
+) -> List[float]:
+    """Wall-clock seconds of ``iters`` calls of ``fn`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def gemm_size(dtype: torch.dtype, device: torch.device) -> int:
+    """Side ``n`` of the square GEMM probe: doubles from ``GEMM_MIN_SIZE`` until one ``n x n``
+    product takes ``GEMM_TARGET_SECONDS`` or ``n`` reaches ``GEMM_MAX_SIZE``."""
+    n = GEMM_MIN_SIZE
+    while n < GEMM_MAX_SIZE:
+        a = torch.randn(n, n, device=device).to(dtype)
+        if min(time_calls(lambda: torch.matmul(a, a), 1, 1, device)) >= GEMM_TARGET_SECONDS:
+            break
+        n *= 2
+    return n
+
+
+def gemm_peak_gflops(dtype: torch.dtype, device: torch.device, n: int, repeats: int = 3) -> float:
+    """Best real GFLOP/s (``2 n^3`` per product) of ``repeats`` square ``n x n`` matmuls."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    seconds = min(time_calls(lambda: torch.matmul(a, b), repeats, 1, device))
+    return 2 * n**3 / seconds / 1e9
+
+
+def time_with_gemm_peak(
+    fn: Callable[[], object], iters: int, warmup: int, dtype: torch.dtype, device: torch.device
+) -> Tuple[List[float], List[float]]:
+    """Time ``fn`` and probe the GEMM peak right after each timed call.
+
+    On a shared machine the load changes during a run; interleaving gives the model and the
+    GEMM probe the same conditions, so their medians can be compared (the MFU).
+
+    Returns:
+        seconds of each of the ``iters`` calls, and the GEMM peak (GFLOP/s) after each.
+    """
+    n = gemm_size(dtype, device)
+    for _ in range(warmup):
+        fn()
+    times, peaks = [], []
+    for _ in range(iters):
+        times += time_calls(fn, 1, 0, device)
+        peaks.append(gemm_peak_gflops(dtype, device, n))
+    return times, peaks
+
+
+def inference_gflops(model: torch.nn.Module, inputs: List[Dict]) -> float:
+    """Real GFLOPs (2 x fvcore multiply-adds) of one ``model(inputs)`` call in eval mode."""
+    with torch.no_grad():
+        return 2 * flop_counter(model, inputs).total() / 1e9
+
+
+def inference_params(model: torch.nn.Module) -> int:
+    """Parameters used at inference: all but the training-only aux head."""
+    counts = parameters_by_component(model)
+    return counts["total"] - counts["aux head (training only)"]
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def benchmark(args) -> Dict[str, object]:
+    """Build the model of ``args`` and measure it; returns the report dict."""
+    check_args(args)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    cfg = setup(args)
+    device = torch.device(cfg.MODEL.DEVICE)
+    dtype = DTYPES[args.dtype]
+    weights = cfg.MODEL.WEIGHTS
+    if weights and "://" not in weights and not os.path.isfile(weights):
+        raise ValueError(f"{weights}: MODEL.WEIGHTS file does not exist")
+    model = build_model(cfg).eval()
+    if weights:
+        HAPNetCheckpointer(model, allow_unsafe=cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS).load(weights)
+    inputs = random_inputs(args.batch, *args.size)
+    eager_parts = model.backbone, model.sem_seg_head
+    if args.compile:
+        model.backbone = torch.compile(model.backbone)
+        model.sem_seg_head = torch.compile(model.sem_seg_head)
+
+    def run():
+        with torch.no_grad(), autocast(device.type, dtype):
+            return model(inputs)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rss_before = peak_rss_mb()
+    times, gemm_peaks = time_with_gemm_peak(run, args.iters, args.warmup, dtype, device)
+    if device.type == "cuda":
+        peak_memory = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak_memory = peak_rss_mb() - rss_before
+    # FLOPs are counted on the eager modules, after timing so that tracing does not raise the
+    # peak RSS first
+    model.backbone, model.sem_seg_head = eager_parts
+    gflops = inference_gflops(model, inputs)
+    gemm_peak = statistics.median(gemm_peaks)
+
+    p50 = statistics.median(times)
+    p90 = float(np.percentile(times, 90))
+    return {
+        "params": inference_params(model),
+        "gflops": round(gflops, 2),
+        "latency_ms_p50": round(1000 * p50, 1),
+        "latency_ms_p90": round(1000 * p90, 1),
+        "fps": round(args.batch / p50, 3),
+        "peak_memory_mb": round(peak_memory, 1),
+        "gemm_peak_gflops": round(gemm_peak, 1),
+        "mfu": round(gflops / p50 / gemm_peak, 3),
+        "dtype": args.dtype,
+        "size": list(args.size),
+        "batch": args.batch,
+        "mode": args.mode,
+        "compile": args.compile,
+        "threads": torch.get_num_threads(),
+        "device": device.type,
+    }
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    setup_logger(name="fvcore", abbrev_name="fvcore")
+    setup_logger(name="hapnet_d2", abbrev_name="hapnet")
+    logging.getLogger("fvcore").setLevel(logging.ERROR)
+    try:
+        report = benchmark(args)
+    except ValueError as e:
+        print(f"benchmark.py: error: {e}", file=sys.stderr)
+        return 2
+    rows = [[k, v] for k, v in report.items()]
+    logger.info("Inference benchmark of %s:\n%s", args.config_file,
+                tabulate(rows, headers=["metric", "value"], tablefmt="github"))
+    if args.json:
+        print(json.dumps(report), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
