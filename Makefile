@@ -1,5 +1,7 @@
 # HAPNet-D2 developer commands. Every target installs into .venv first if needed (idempotent).
 PY := .venv/bin/python
+# spinning OpenMP waits are very slow when cores are shared (see README "Speed")
+export OMP_WAIT_POLICY ?= PASSIVE
 STAMP := .venv/.hapnet-installed
 
 .PHONY: install quickstart test test-fast synth-ablation clean

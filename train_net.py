@@ -13,6 +13,12 @@ Examples:
 """
 
 import logging
+import os
+
+# OpenMP threads that spin while they wait make training many times slower as soon as the
+# cores are shared (data-loading workers, other jobs); a passive wait costs nothing on an idle
+# machine. Set OMP_WAIT_POLICY yourself to override. Must precede the first torch import.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
