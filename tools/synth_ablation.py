@@ -5,7 +5,7 @@ Trains the tiny HAPNet with strategy D (RGB to the VFM, RGB+thermal to the CSPD:
 E (RGB only) and I (thermal only), evaluates each on the synthetic test set and its day/night
 subsets, and writes ``summary.json`` and ``table.md`` (laid out like Table 5) into --output.
 
-    python tools/synth_ablation.py --output output/synth_ablation [--strategies D E I] [KEY VALUE ...]
+    python tools/synth_ablation.py --output output/synth_ablation [--strategies D E I] [--opts KEY VALUE ...]
 """
 import argparse
 import json
@@ -56,7 +56,8 @@ def main():
     parser.add_argument("--output", default="output/synth_ablation")
     parser.add_argument("--config-file", default="configs/synth/hapnet_tiny.yaml")
     parser.add_argument("--strategies", nargs="+", default=["D", "E", "I"], choices=sorted(INPUT_STRATEGIES))
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
+                        help="config overrides for every run, KEY VALUE ... (last argument)")
     args = parser.parse_args()
 
     rows = []
