@@ -17,12 +17,12 @@ from hapnet_d2.data.datasets import (
     register_mfnet_dataset,
     register_rgbx_dataset,
 )
+from conftest import MFNET_SAMPLE, SHARED_DATA
 from hapnet_d2.data.datasets.register_kp import kp_condition
 from rgbt_dataset_writers import H, W, write_kp, write_mfnet, write_nyu, write_pst900, write_rgbx
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
-MFNET_SAMPLE = SHARED / "mfnet_samples" / "01477D.png"
-KP_SPLITS = SHARED / "kp_splits"
+MFNET_SAMPLE = Path(MFNET_SAMPLE)
+KP_SPLITS = Path(SHARED_DATA) / "kp_splits"
 
 
 def _by_id(dicts):

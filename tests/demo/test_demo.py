@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import MFNET_SAMPLE
 from hapnet_d2.checkpoint import UnsafeCheckpointError
 from hapnet_d2.data import RGBTDataError, read_rgbt
 from hapnet_d2.data.datasets import MFNET_COLORS
@@ -28,7 +29,7 @@ from hapnet_d2.utils.visualizer import (
 REPO = Path(__file__).resolve().parents[2]
 DEMO_DIR = REPO / "demo"
 TINY_CONFIG = REPO / "configs" / "synth" / "hapnet_tiny.yaml"
-MFNET_SAMPLE = REPO.parent / "shared" / "data" / "mfnet_samples" / "01477D.png"
+MFNET_SAMPLE = Path(MFNET_SAMPLE)
 
 
 def _load(name, path):

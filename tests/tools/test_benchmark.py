@@ -10,11 +10,11 @@ import torch
 from detectron2.modeling import build_model
 from PIL import Image
 
-from conftest import SHARED
+from conftest import MFNET_SAMPLE
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "synth" / "hapnet_tiny.yaml")
-MFNET_SAMPLE = Path(SHARED) / "data" / "mfnet_samples" / "01477D.png"
+MFNET_SAMPLE = Path(MFNET_SAMPLE)
 
 
 def _load(name, path):
