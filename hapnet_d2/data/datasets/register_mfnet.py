@@ -84,17 +84,19 @@ def load_mfnet_split(root, split):
     return dicts
 
 
-def register_mfnet_dataset(name, root, split):
+def register_mfnet_dataset(name, root, split, prepare=None):
     """Register one MFNet-layout split (lazily: nothing is read until it is used).
 
     Args:
         name (str): catalog name, e.g. ``"mfnet_rgbt_train"``.
         root (str): the MFNet-layout folder.
         split (str): list name without ``.txt``.
+        prepare (callable or None): ``prepare(root)`` runs on first use, before reading (the
+            synthetic dataset generates itself there); it returns the folder to read.
     """
     register_rgbt_split(
         name,
-        lambda: load_mfnet_split(root, split),
+        lambda: load_mfnet_split(prepare(root) if prepare else root, split),
         stuff_classes=MFNET_CLASSES,
         stuff_colors=MFNET_COLORS,
         has_day_night=True,

@@ -10,8 +10,7 @@ then an atomic rename).
 import os
 
 from ..synth import SynthSpec, ensure_synth_dataset
-from .common import register_rgbt_split
-from .register_mfnet import MFNET_CLASSES, MFNET_COLORS, MFNET_SPLITS, load_mfnet_split
+from .register_mfnet import MFNET_SPLITS, register_mfnet_dataset
 
 __all__ = ["SYNTH_DIRNAME", "register_synth_dataset", "register_all_synth"]
 
@@ -27,16 +26,7 @@ def register_synth_dataset(name, root, split, spec=SynthSpec()):
         split (str): list name without ``.txt``.
         spec (SynthSpec): generation parameters used if ``root`` holds no dataset yet.
     """
-    register_rgbt_split(
-        name,
-        lambda: load_mfnet_split(ensure_synth_dataset(root, spec), split),
-        stuff_classes=MFNET_CLASSES,
-        stuff_colors=MFNET_COLORS,
-        has_day_night=True,
-        image_root=os.path.join(root, "images"),
-        sem_seg_root=os.path.join(root, "labels"),
-        split_file=os.path.join(root, f"{split}.txt"),
-    )
+    register_mfnet_dataset(name, root, split, prepare=lambda r: ensure_synth_dataset(r, spec))
 
 
 def register_all_synth(root, spec=SynthSpec()):
