@@ -1,6 +1,5 @@
 """Per-component parameter and FLOP accounting against hand-computed values."""
 import pytest
-import torch
 from detectron2.modeling import build_model
 
 from conftest import rgbt_pair
