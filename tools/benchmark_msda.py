@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import torch
 from tabulate import tabulate
 
-from hapnet_d2.ops import kernel_available, ms_deform_attn
+from hapnet_d2.ops import kernel_available, level_start_index, ms_deform_attn
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def make_inputs(case: Case, device: torch.device, seed: int = 0) -> List[torch.T
     generator = torch.Generator().manual_seed(seed)
     spatial_shapes = torch.tensor(case.value_shapes, dtype=torch.long)
     sizes = spatial_shapes.prod(dim=1)
-    level_start_index = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
+    start_index = level_start_index(spatial_shapes)
     levels = len(case.value_shapes)
     value = torch.randn(1, int(sizes.sum()), case.heads, case.head_dim, generator=generator)
     locations = torch.rand(
@@ -64,7 +64,7 @@ def make_inputs(case: Case, device: torch.device, seed: int = 0) -> List[torch.T
     )
     logits = torch.randn(1, case.num_queries, case.heads, levels * case.points, generator=generator)
     weights = logits.softmax(-1).view(1, case.num_queries, case.heads, levels, case.points)
-    inputs = [value, spatial_shapes, level_start_index, locations * 1.1 - 0.05, weights]
+    inputs = [value, spatial_shapes, start_index, locations * 1.1 - 0.05, weights]
     return [t.to(device) for t in inputs]
 
 
@@ -91,12 +91,12 @@ def median_seconds(
 def run_case(case: Case, args: argparse.Namespace) -> Dict[str, object]:
     """Time both implementations on ``case`` and compare their outputs and gradients."""
     device = torch.device(args.device)
-    value, spatial_shapes, level_start_index, locations, weights = make_inputs(case, device)
+    value, spatial_shapes, start_index, locations, weights = make_inputs(case, device)
     grad_output = torch.randn(1, case.num_queries, case.heads * case.head_dim, device=device)
 
     def forward(impl: str, leaves: Sequence[torch.Tensor]) -> torch.Tensor:
         return ms_deform_attn(
-            leaves[0], spatial_shapes, level_start_index, leaves[1], leaves[2], impl=impl
+            leaves[0], spatial_shapes, start_index, leaves[1], leaves[2], impl=impl
         )
 
     row: Dict[str, object] = {

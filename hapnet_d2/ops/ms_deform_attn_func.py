@@ -15,7 +15,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ms_deform_attn", "ms_deform_attn_pytorch", "kernel_available"]
+__all__ = ["ms_deform_attn", "ms_deform_attn_pytorch", "kernel_available", "level_start_index"]
+
+
+def level_start_index(spatial_shapes: Tensor) -> Tensor:
+    """Offsets of each level in a flattened multi-level sequence.
+
+    Args:
+        spatial_shapes: [L, 2] int64 (H, W) of each level.
+
+    Returns:
+        Tensor: [L] int64, the running sum of H*W starting at 0.
+    """
+    sizes = spatial_shapes.prod(dim=1)
+    return torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
 
 _INSTALL_HINT = "pip install --no-build-isolation torch-ms-deform-attn"
 _IMPLS = ("auto", "kernel", "pytorch")

@@ -13,7 +13,7 @@ from torch import nn
 
 from hapnet_d2.ops import MSDeformAttn
 
-__all__ = ["GLCA", "CCG", "ConvFFN", "reference_points", "level_start_index"]
+__all__ = ["GLCA", "CCG", "ConvFFN", "reference_points"]
 
 
 def reference_points(shapes: torch.Tensor, device=None) -> torch.Tensor:
@@ -33,12 +33,6 @@ def reference_points(shapes: torch.Tensor, device=None) -> torch.Tensor:
         )
         points.append(torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=-1))
     return torch.cat(points, dim=0)[None, :, None]
-
-
-def level_start_index(shapes: torch.Tensor) -> torch.Tensor:
-    """``[L]`` offsets of each level in a flattened multi-level sequence of ``shapes [L, 2]``."""
-    sizes = shapes.prod(dim=1)
-    return torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
 
 
 class GLCA(nn.Module):

@@ -13,8 +13,10 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.utils import comm
 from torch import nn
 
+from hapnet_d2.ops import level_start_index
+
 from .cspd import CSPD
-from .fusion import CCG, GLCA, level_start_index, reference_points
+from .fusion import CCG, GLCA, reference_points
 from .pretrained import load_cspd_weights, load_vfm_weights
 from .timm_vit import TimmViT
 

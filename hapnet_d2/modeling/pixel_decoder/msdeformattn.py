@@ -17,7 +17,7 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from fvcore.nn.weight_init import c2_xavier_fill
 from torch import nn
 
-from hapnet_d2.ops import MSDeformAttn
+from hapnet_d2.ops import MSDeformAttn, level_start_index
 
 from ..transformer_decoder.position_encoding import PositionEmbeddingSine
 
@@ -136,11 +136,11 @@ class MSDeformAttnEncoder(nn.Module):
             refined tokens [N, S, C].
         """
         shapes = torch.as_tensor(spatial_shapes, dtype=torch.long, device=src.device)
-        level_start_index = torch.cat((shapes.new_zeros(1), shapes.prod(1).cumsum(0)[:-1]))
+        start_index = level_start_index(shapes)
         valid_ratios = src.new_ones(src.shape[0], len(spatial_shapes), 2, dtype=torch.float32)
         reference_points = encoder_reference_points(spatial_shapes, valid_ratios)
         for layer in self.layers:
-            src = layer(src, pos, reference_points, shapes, level_start_index)
+            src = layer(src, pos, reference_points, shapes, start_index)
         return src
 
 
