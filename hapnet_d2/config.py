@@ -81,6 +81,24 @@ def add_hapnet_config(cfg):
     # warning), "kernel" (error if missing) or "pytorch" (grid_sample reference)
     cfg.MODEL.HAPNET.MSDA_IMPL = "auto"
 
+    # ---------------------------------------------------------------- duplex encoders (Table 8)
+    # Symmetric baselines (MODEL.BACKBONE.NAME "DuplexBackbone"): the same encoder runs on RGB
+    # and on thermal and the two feature pyramids are fused per scale.
+    cfg.MODEL.DUPLEX = CN()
+    # timm name: a ConvNeXt (strides 4-32 from its stages) or a plain ViT such as
+    # "beitv2_base_patch16_224", built like the VFM (MODEL.HAPNET.VFM_STAGES give the pyramid's
+    # features, VFM_LAYER_SCALE_INIT and VFM_KWARGS apply; OUT_NORM is the 1/4 deconv path's norm)
+    cfg.MODEL.DUPLEX.ENCODER = "convnext_small"
+    # "sum": element-wise sum; "concat": channel concatenation + 1x1 conv back to C per scale
+    cfg.MODEL.DUPLEX.FUSION = "sum"
+    # True: one encoder for both modalities. The paper's default: Table 6 names its duplex
+    # encoders "sharing weights" unless it says "separate weights", and it adopts weight sharing
+    # for its own duplex ConvNeXt (the CSPD); Table 8's rows say nothing else.
+    cfg.MODEL.DUPLEX.SHARED_WEIGHTS = True
+    cfg.MODEL.DUPLEX.DROP_PATH = 0.3  # stochastic depth (reference: ConvNeXt-S 0.3, BEiTv2-B 0.2)
+    # local checkpoint for each branch (ViT: as VFM_WEIGHTS; ConvNeXt: as CSPD_WEIGHTS); "" = none
+    cfg.MODEL.DUPLEX.WEIGHTS = ""
+
     # ---------------------------------------------------------------- auxiliary head
     cfg.MODEL.HAPNET.AUX_HEAD = CN()
     cfg.MODEL.HAPNET.AUX_HEAD.ENABLED = True  # training only, never run at inference

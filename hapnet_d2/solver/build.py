@@ -8,6 +8,8 @@ lr scale ``LAYER_DECAY_RATE ** (L + 1 - layer_id)``:
 * ``backbone.vfm.{cls_token,pos_embed,reg_token,mask_token,patch_embed.*}``: 0;
 * ``backbone.cspd.convnext{,_thermal}.stem.*`` and ``.stages.{i}.downsample.*``: 0;
 * ``backbone.cspd.convnext{,_thermal}.stages.{i}.blocks.*``: ``i + 1``;
+* other CSPD encoders (``backbone.cspd.encoder{,_thermal}.*``: ResNet, Swin, ...): stem and
+  downsampling layers 0, stage ``i`` ``i + 1`` (:func:`hapnet_d2.modeling.backbone.cspd.cspd_layer_id`);
 * ``sem_seg_head.predictor.{query_feat,query_embed,level_embed,class_embed,mask_embed}.*``: 0;
 * everything else (PHFI, fc, all norms, pixel decoder, rest of the decoder, aux head): ``L + 1``.
 
@@ -16,6 +18,13 @@ level, class and mask embeddings id 0 (the smallest lr) is a quirk of the refere
 so that results stay comparable. The timm ViT may sit one level deeper
 (``backbone.vfm.vfm.blocks.{j}``, a wrapper keeping timm's key names); both layouts are
 recognised. ``L`` is the number of ViT blocks found among the parameter names.
+
+The symmetric duplex encoders of Table 8 (:class:`DuplexBackbone`) follow the same rules with
+their branches ``backbone.encoder`` and ``backbone.encoder_thermal`` in place of ``backbone``'s
+``vfm`` and ``cspd``: a duplex ViT (``backbone.encoder.vfm.vfm.blocks.{j}``) decays like the VFM;
+a duplex ConvNeXt, having no ViT, takes ``L`` = its number of stages (4), i.e. stage-wise decay:
+stem and downsampling layers 0, stage ``i`` ``i + 1``, the rest (its norms, the concat fusion's
+1x1 convs, the decoder) ``L + 1``.
 
 Weight decay is ``SOLVER.WEIGHT_DECAY`` except on biases (``SOLVER.WEIGHT_DECAY_BIAS``), on 1-D
 parameters (norm weights, layer scales, ...) and on the names the VFM lists in timm's
@@ -37,6 +46,8 @@ from detectron2.solver.build import (
 )
 from fvcore.common.param_scheduler import PolynomialDecayParamScheduler
 
+from hapnet_d2.modeling.backbone.cspd import cspd_layer_id
+
 __all__ = [
     "get_layer_id",
     "get_vfm_num_layers",
@@ -48,15 +59,22 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 VFM_PREFIX = "backbone.vfm"
-_VFM_BLOCK = re.compile(r"^backbone\.vfm\.(?:vfm\.)?blocks\.(\d+)\.")
+# the duplex encoders' branches (DuplexBackbone) hold the same modules one level deeper
+_DUPLEX_BRANCH = r"encoder(?:_thermal)?\."
+DUPLEX_VFM_PREFIXES = ("backbone.encoder.vfm", "backbone.encoder_thermal.vfm")
+_VFM_BLOCK = re.compile(rf"^backbone\.(?:{_DUPLEX_BRANCH})?vfm\.(?:vfm\.)?blocks\.(\d+)\.")
 _VFM_EMBEDDING = re.compile(
-    r"^backbone\.vfm\.(?:vfm\.)?(cls_token|pos_embed|reg_token|mask_token|patch_embed\.)"
+    rf"^backbone\.(?:{_DUPLEX_BRANCH})?vfm\.(?:vfm\.)?"
+    r"(cls_token|pos_embed|reg_token|mask_token|patch_embed\.)"
 )
 # timm ConvNeXt module names, as a plain model ("stages.1") or as features_only ("stages_1")
 _CSPD_STEM_OR_DOWNSAMPLE = re.compile(
-    r"^backbone\.cspd\.convnext(_thermal)?\.(stem[._]|stages[._]\d+\.downsample\.)"
+    rf"^backbone\.(?:cspd\.|{_DUPLEX_BRANCH})convnext(_thermal)?\."
+    r"(stem[._]|stages[._]\d+\.downsample\.)"
 )
-_CSPD_STAGE_BLOCK = re.compile(r"^backbone\.cspd\.convnext(_thermal)?\.stages[._](\d+)\.blocks\.")
+_CSPD_STAGE_BLOCK = re.compile(
+    rf"^backbone\.(?:cspd\.|{_DUPLEX_BRANCH})convnext(_thermal)?\.stages[._](\d+)\.blocks\."
+)
 _DECODER_EMBEDDING = re.compile(
     r"^sem_seg_head\.predictor\.(query_feat|query_embed|level_embed|class_embed|mask_embed)\."
 )
@@ -79,6 +97,10 @@ def get_layer_id(name: str, num_layers: int) -> int:
         return int(block.group(1)) + 1
     if _VFM_EMBEDDING.match(name):
         return 0
+    if name.startswith("backbone.cspd."):
+        cspd_id = cspd_layer_id(name[len("backbone.cspd."):])
+        if cspd_id is not None:
+            return cspd_id
     if _CSPD_STEM_OR_DOWNSAMPLE.match(name):
         return 0
     stage = _CSPD_STAGE_BLOCK.match(name)
@@ -95,11 +117,15 @@ def get_vfm_num_layers(model: torch.nn.Module) -> int:
         model: the full model, with its ViT under ``backbone.vfm``.
 
     Returns:
-        The number of ViT blocks ``L`` (12 for BEiTv2-B), counted from the parameter names.
+        The number of ViT blocks ``L`` (12 for BEiTv2-B), counted from the parameter names; for a
+        model without ViT but with a duplex ConvNeXt encoder, its number of stages.
     """
-    block_ids = {
-        int(m.group(1)) for m in map(_VFM_BLOCK.match, dict(model.named_parameters())) if m
-    }
+    names = dict(model.named_parameters())
+    block_ids = {int(m.group(1)) for m in map(_VFM_BLOCK.match, names) if m}
+    if not block_ids:
+        branches = ("backbone.encoder.", "backbone.encoder_thermal.")
+        duplex = [n for n in names if n.startswith(branches)]
+        block_ids = {int(m.group(2)) for m in map(_CSPD_STAGE_BLOCK.match, duplex) if m}
     if not block_ids:
         raise ValueError(
             f"Layer-wise lr decay needs ViT blocks under '{VFM_PREFIX}' (parameters named "
@@ -110,14 +136,16 @@ def get_vfm_num_layers(model: torch.nn.Module) -> int:
 
 
 def _no_weight_decay_names(model: torch.nn.Module) -> Set[str]:
-    """Full names of the parameters the VFM excludes from weight decay (timm convention)."""
-    try:
-        vfm = model.get_submodule(VFM_PREFIX)
-    except AttributeError:
-        return set()
-    if not hasattr(vfm, "no_weight_decay"):
-        return set()
-    return {f"{VFM_PREFIX}.{name}" for name in vfm.no_weight_decay()}
+    """Full names of the parameters the VFM(s) exclude from weight decay (timm convention)."""
+    names = set()
+    for prefix in (VFM_PREFIX,) + DUPLEX_VFM_PREFIXES:
+        try:
+            vfm = model.get_submodule(prefix)
+        except AttributeError:
+            continue
+        if hasattr(vfm, "no_weight_decay"):
+            names |= {f"{prefix}.{name}" for name in vfm.no_weight_decay()}
+    return names
 
 
 def get_optimizer_param_groups(
