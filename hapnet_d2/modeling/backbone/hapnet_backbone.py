@@ -124,6 +124,7 @@ class HAPNetBackbone(Backbone):
             modalities=cspd_modalities,
             shared_weights=h.CSPD_SHARED_WEIGHTS,
             drop_path_rate=h.CSPD_DROP_PATH,
+            img_size=crop,  # encoders built for a fixed size (Swin)
         )
         if h.VFM_WEIGHTS:
             load_vfm_weights(vfm, h.VFM_WEIGHTS, allow_unsafe=cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS)
