@@ -33,7 +33,7 @@ parameters (norm weights, layer scales, ...) and on the names the VFM lists in t
 
 import logging
 import re
-from typing import Any, Dict, List, Set
+from typing import Any, Dict, List, Optional, Set
 
 import torch
 from detectron2.config import CfgNode
@@ -67,17 +67,19 @@ _VFM_EMBEDDING = re.compile(
     rf"^backbone\.(?:{_DUPLEX_BRANCH})?vfm\.(?:vfm\.)?"
     r"(cls_token|pos_embed|reg_token|mask_token|patch_embed\.)"
 )
-# timm ConvNeXt module names, as a plain model ("stages.1") or as features_only ("stages_1")
-_CSPD_STEM_OR_DOWNSAMPLE = re.compile(
-    rf"^backbone\.(?:cspd\.|{_DUPLEX_BRANCH})convnext(_thermal)?\."
-    r"(stem[._]|stages[._]\d+\.downsample\.)"
-)
-_CSPD_STAGE_BLOCK = re.compile(
-    rf"^backbone\.(?:cspd\.|{_DUPLEX_BRANCH})convnext(_thermal)?\.stages[._](\d+)\.blocks\."
-)
+# CNN encoders whose parameter names cspd_layer_id understands (relative to these prefixes)
+CNN_PREFIXES = ("backbone.cspd.", "backbone.encoder.", "backbone.encoder_thermal.")
 _DECODER_EMBEDDING = re.compile(
     r"^sem_seg_head\.predictor\.(query_feat|query_embed|level_embed|class_embed|mask_embed)\."
 )
+
+
+def _cnn_layer_id(name: str) -> Optional[int]:
+    """Layer id of a CNN encoder parameter (CSPD or duplex branch), None for anything else."""
+    for prefix in CNN_PREFIXES:
+        if name.startswith(prefix):
+            return cspd_layer_id(name[len(prefix):])
+    return None
 
 
 def get_layer_id(name: str, num_layers: int) -> int:
@@ -97,15 +99,9 @@ def get_layer_id(name: str, num_layers: int) -> int:
         return int(block.group(1)) + 1
     if _VFM_EMBEDDING.match(name):
         return 0
-    if name.startswith("backbone.cspd."):
-        cspd_id = cspd_layer_id(name[len("backbone.cspd."):])
-        if cspd_id is not None:
-            return cspd_id
-    if _CSPD_STEM_OR_DOWNSAMPLE.match(name):
-        return 0
-    stage = _CSPD_STAGE_BLOCK.match(name)
-    if stage:
-        return int(stage.group(2)) + 1
+    cnn_id = _cnn_layer_id(name)
+    if cnn_id is not None:
+        return cnn_id
     if _DECODER_EMBEDDING.match(name):
         return 0
     return num_layers + 1
@@ -123,9 +119,8 @@ def get_vfm_num_layers(model: torch.nn.Module) -> int:
     names = dict(model.named_parameters())
     block_ids = {int(m.group(1)) for m in map(_VFM_BLOCK.match, names) if m}
     if not block_ids:
-        branches = ("backbone.encoder.", "backbone.encoder_thermal.")
-        duplex = [n for n in names if n.startswith(branches)]
-        block_ids = {int(m.group(2)) for m in map(_CSPD_STAGE_BLOCK.match, duplex) if m}
+        # a duplex CNN without ViT: its stages (ids 1..4) play the blocks
+        block_ids = {_cnn_layer_id(n) - 1 for n in names if n.startswith(CNN_PREFIXES[1:]) and _cnn_layer_id(n)}
     if not block_ids:
         raise ValueError(
             f"Layer-wise lr decay needs ViT blocks under '{VFM_PREFIX}' (parameters named "
