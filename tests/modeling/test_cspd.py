@@ -7,6 +7,7 @@ from detectron2.modeling import build_model
 from conftest import rgbt_pair
 from hapnet_d2.modeling.backbone import CSPD
 from hapnet_d2.modeling.backbone.cspd import cspd_layer_id
+from hapnet_d2.modeling.backbone.pretrained import load_cspd_weights
 from hapnet_d2.solver import build_optimizer, get_layer_id
 
 SWIN = "swin_tiny_patch4_window7_224"
@@ -130,3 +131,29 @@ def test_tiny_hapnet_trains_with_table6_encoder(tiny_cfg, name):
     with torch.no_grad():
         out = model([rgbt_pair(64, 64)])[0]["sem_seg"]
     assert out.shape == (9, 64, 64) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_published_classifier_checkpoint_loads_into_non_convnext_encoder(tmp_path, name):
+    """A timm classifier checkpoint (e.g. resnet101.a1h_in1k, swin_small ... in1k) goes through
+    timm's conversion into the features_only encoder(s): every weight equals the classifier's."""
+    kwargs, _ = ENCODERS[name]
+    torch.manual_seed(1)
+    classifier = timm.create_model(name, **kwargs)
+    torch.save({"model": classifier.state_dict()}, tmp_path / "published.pth")
+    cspd = CSPD(name=name, modalities=["rgb", "thermal"], shared_weights=False, **kwargs)
+    report = load_cspd_weights(cspd, str(tmp_path / "published.pth"))
+    assert report.missing == [] and report.unexpected == []
+    reference = classifier.state_dict()
+    for _, net in cspd.networks():
+        for key, value in net.state_dict().items():
+            # features_only flattens "layers.0" to "layers_0" (Swin); ResNet keeps its names
+            original = key.replace("layers_", "layers.")
+            assert torch.equal(value, reference[original]), key
+
+
+def test_checkpoint_of_another_encoder_is_refused_naming_the_file(tmp_path):
+    torch.save(timm.create_model("resnet34").state_dict(), tmp_path / "resnet34.pth")
+    cspd = CSPD(name="resnet18", modalities=["rgb"])
+    with pytest.raises(ValueError, match=r"resnet34\.pth: CSPD weights do not fit the configured encoder"):
+        load_cspd_weights(cspd, str(tmp_path / "resnet34.pth"))

@@ -12,6 +12,7 @@ published ConvNeXt checkpoints), every other family is built with timm's ``featu
 under ``encoder`` (its last four ``feature_info`` levels). The per-modality norms and the sum are
 the same for all.
 """
+import importlib
 import re
 from typing import List, Optional, Sequence, Tuple
 
@@ -73,9 +74,10 @@ class CSPD(nn.Module):
             self.channels = [i["num_chs"] for i in info]
             strides = [i["reduction"] for i in info]
         else:
-            self.encoder = self._build_features(name, drop_path_rate, img_size)
+            self._features_args = (name, drop_path_rate, img_size)
+            self.encoder = self._build_features(*self._features_args)
             if not self.shared_weights:
-                self.encoder_thermal = self._build_features(name, drop_path_rate, img_size)
+                self.encoder_thermal = self._build_features(*self._features_args)
             self.channels = self.encoder.feature_info.channels()
             strides = self.encoder.feature_info.reduction()
         if strides != STRIDES:
@@ -97,19 +99,46 @@ class CSPD(nn.Module):
         return model
 
     @staticmethod
-    def _build_features(name: str, drop_path_rate: float, img_size: Optional[Sequence[int]]) -> nn.Module:
-        """``features_only`` model returning its last four feature levels."""
-        kwargs = dict(pretrained=False, features_only=True, out_indices=(-4, -3, -2, -1), drop_path_rate=drop_path_rate)
+    def _create(name: str, img_size: Optional[Sequence[int]], **kwargs) -> nn.Module:
+        """``timm.create_model``, passing ``img_size`` to the families built for a fixed size (Swin)."""
         if img_size is not None:
             try:
                 return timm.create_model(name, img_size=tuple(img_size), **kwargs)
             except TypeError as e:  # the family takes any input size
                 if "img_size" not in str(e):
                     raise
+        return timm.create_model(name, **kwargs)
+
+    @classmethod
+    def _build_features(
+        cls, name: str, drop_path_rate: float, img_size: Optional[Sequence[int]], pretrained_state: Optional[dict] = None
+    ) -> nn.Module:
+        """``features_only`` model returning its last four feature levels, with ``pretrained_state``
+        (a state dict of the full timm classifier) loaded by timm before it drops the classifier."""
+        kwargs = dict(features_only=True, out_indices=(-4, -3, -2, -1), drop_path_rate=drop_path_rate)
+        if pretrained_state is None:
+            kwargs["pretrained"] = False
+        else:
+            kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(state_dict=pretrained_state))
         try:
-            return timm.create_model(name, **kwargs)
+            return cls._create(name, img_size, **kwargs)
         except (RuntimeError, TypeError, AssertionError) as e:
             raise ValueError(f"MODEL.HAPNET.CSPD_NAME={name!r} has no timm features_only encoder: {e}") from e
+
+    def pretrained_encoder(self, state: dict) -> nn.Module:
+        """A non-ConvNeXt encoder like ``self.encoder`` with a published classifier checkpoint
+        loaded: converted by the timm family's ``checkpoint_filter_fn``, loaded strictly into the
+        full classifier (RuntimeError naming the keys that do not fit), then cut to features by timm.
+        Its state dict has ``self.encoder``'s keys."""
+        if self.is_convnext:
+            raise TypeError("pretrained_encoder is for non-ConvNeXt encoders; ConvNeXt loads its checkpoint directly")
+        name, drop_path_rate, img_size = self._features_args
+        classifier = self._create(name, img_size, pretrained=False)
+        family = importlib.import_module(type(classifier).__module__)
+        if hasattr(family, "checkpoint_filter_fn"):
+            state = family.checkpoint_filter_fn(state, classifier)
+        classifier.load_state_dict(state)
+        return self._build_features(name, drop_path_rate, img_size, pretrained_state=classifier.state_dict())
 
     def networks(self) -> List[Tuple[Tuple[str, ...], nn.Module]]:
         """``(modalities, network)`` pairs in the order the modalities are run."""

@@ -93,13 +93,22 @@ def load_vfm_weights(vfm, path: str, allow_unsafe: bool = False) -> LoadReport:
 
 
 def load_cspd_weights(cspd, path: str, allow_unsafe: bool = False) -> LoadReport:
-    """Load an official or timm ConvNeXt checkpoint into the CSPD's ConvNeXt(s).
+    """Load a published classifier checkpoint into the CSPD's encoder(s): official or timm
+    ConvNeXt, or for the other Table-6 encoders (ResNet, Swin, ...) the timm checkpoint of the
+    same model, converted by timm's own pretrained-loading path.
 
     The per-modality stage norms are HAPNet's own and keep their initialisation.
     """
+    state = _unwrap(safe_torch_load(path, allow_unsafe=allow_unsafe), path)
+    if not cspd.is_convnext:
+        try:
+            loaded = cspd.pretrained_encoder(dict(state)).state_dict()
+        except RuntimeError as e:  # timm's strict load into the full classifier
+            lines = str(e).splitlines()
+            raise ValueError(f"{path}: CSPD weights do not fit the configured encoder: {' '.join(lines)[:500]}") from e
+        return [_load(net, loaded, path, "CSPD") for _, net in cspd.networks()][-1]
     from timm.models.convnext import checkpoint_filter_fn
 
-    state = _unwrap(safe_torch_load(path, allow_unsafe=allow_unsafe), path)
     report = None
     for _, net in cspd.networks():
         report = _load(net, checkpoint_filter_fn(dict(state), net), path, "CSPD")
