@@ -17,7 +17,7 @@ from detectron2.utils.file_io import PathManager
 
 import hapnet_d2  # noqa: F401  registers the model and the datasets
 from hapnet_d2.checkpoint import HAPNetCheckpointer
-from hapnet_d2.data import RGBTDataError
+from hapnet_d2.data import RGBTDataError, ResizeToBaseScale
 from hapnet_d2.test_time_augmentation import SemanticSegmentorWithTTA
 from hapnet_d2.utils.visualizer import draw_panel
 
@@ -44,8 +44,9 @@ class RGBTPredictor:
 
     As Detectron2's ``DefaultPredictor``: the model is in eval mode, test-time augmentation is
     applied when ``TEST.AUG.ENABLED``, and the RGB image is given in RGB order whatever
-    ``INPUT.FORMAT`` the model expects. Images are used at their own size (as the test mapper
-    does); the model's ``TEST.MODE`` decides between whole-image and sliding-window inference.
+    ``INPUT.FORMAT`` the model expects. Pairs are resized to the base scale ``INPUT.BASE_SIZE`` (as
+    the test mapper does) and the scores returned at the input size; the model's ``TEST.MODE``
+    decides between whole-image and sliding-window inference.
     """
 
     def __init__(self, cfg):
@@ -69,6 +70,7 @@ class RGBTPredictor:
         if cfg.TEST.AUG.ENABLED:
             self.model = SemanticSegmentorWithTTA(cfg, self.model)
         self.input_format = cfg.INPUT.FORMAT
+        self.resize = ResizeToBaseScale(cfg.INPUT.BASE_SIZE)
 
     def __call__(self, rgb: np.ndarray, thermal: np.ndarray) -> torch.Tensor:
         """
@@ -83,6 +85,8 @@ class RGBTPredictor:
         height, width = rgb.shape[:2]
         image = rgb[:, :, ::-1] if self.input_format == "BGR" else rgb
         thermal = thermal.reshape(height, width, -1).astype(np.float32, copy=False)
+        resize = self.resize.get_transform(image)
+        image, thermal = resize.apply_image(image), resize.apply_image(thermal)
         inputs = {
             "image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))),
             "thermal": torch.as_tensor(np.ascontiguousarray(thermal.transpose(2, 0, 1))),

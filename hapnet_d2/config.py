@@ -20,7 +20,8 @@ def add_hapnet_config(cfg):
     cfg.INPUT.FORMAT = "RGB"  # channel order of "image" tensors (RGB or BGR)
     # mapper registered in hapnet_d2.data.dataset_mappers
     cfg.INPUT.DATASET_MAPPER_NAME = "rgbt_semantic"
-    # training resize: the base scale (H, W) multiplied by a ratio drawn from RESIZE_RATIO_RANGE
+    # base scale (H, W): training resizes it by a ratio drawn from RESIZE_RATIO_RANGE; test images
+    # are resized to fit it, keeping their aspect ratio (predictions go back to the original size)
     cfg.INPUT.BASE_SIZE = (480, 640)
     cfg.INPUT.RESIZE_RATIO_RANGE = (0.5, 2.0)
     # crop (square; the ViT's relative-position window is built for CROP.SIZE)

@@ -8,7 +8,7 @@ from detectron2.data import transforms as T
 from PIL import Image
 
 from hapnet_d2.config import add_hapnet_config
-from hapnet_d2.data import RGBTSemanticDatasetMapper, build_dataset_mapper
+from hapnet_d2.data import RGBTSemanticDatasetMapper, ResizeToBaseScale, build_dataset_mapper
 
 NUM_CLASSES = 6
 PALETTE = np.array(
@@ -117,6 +117,33 @@ def test_test_mode_keeps_size_and_pixels_bgr(tmp_path):
     assert out["condition"] == "day" and out["image_id"] == "00001D"
 
 
+@pytest.mark.parametrize("base_size", [(96, 128), (128, 96)], ids=["landscape", "portrait-base"])
+def test_test_mode_resizes_pair_to_base_scale_and_keeps_label(tmp_path, base_size):
+    """A 64x48 pair with base scale 128x96 (either orientation: the sides fit, ratio kept) is
+    fed at 128x96, bilinear; the label and the output size stay at 64x48."""
+    dataset_dict, rgb, thermal, label = _write_pattern(tmp_path)
+    out = build_dataset_mapper(_cfg(BASE_SIZE=base_size), is_train=False)(dataset_dict)
+    assert (out["height"], out["width"]) == (48, 64)
+    assert tuple(out["image"].shape) == (3, 96, 128) and tuple(out["thermal"].shape) == (3, 96, 128)
+    expected_rgb = np.asarray(Image.fromarray(rgb).resize((128, 96), Image.BILINEAR))
+    # thermal is float (16-bit sources): bilinear without corner alignment, not rounded
+    expected_thermal = torch.nn.functional.interpolate(
+        torch.from_numpy(thermal.astype(np.float32))[None, None], size=(96, 128), mode="bilinear", align_corners=False
+    )[0, 0]
+    np.testing.assert_array_equal(out["image"].permute(1, 2, 0).numpy(), expected_rgb)
+    torch.testing.assert_close(out["thermal"][1], expected_thermal)
+    np.testing.assert_array_equal(out["sem_seg"].numpy(), label)
+
+
+def test_base_scale_resize_keeps_aspect_ratio_and_skips_native_size():
+    resize = ResizeToBaseScale((480, 640))
+    assert isinstance(resize.get_transform(np.zeros((480, 640, 3), np.uint8)), T.NoOpTransform)
+    shrink = resize.get_transform(np.zeros((720, 1280, 3), np.uint8))  # long side limits: 640/1280
+    assert (shrink.new_h, shrink.new_w) == (360, 640)
+    grow = resize.get_transform(np.zeros((240, 240, 3), np.uint8))  # short side limits: 480/240
+    assert (grow.new_h, grow.new_w) == (480, 480)
+
+
 def test_photometric_changes_rgb_only(tmp_path):
     dataset_dict, rgb, thermal, label = _write_pattern(tmp_path)
     mapper = RGBTSemanticDatasetMapper(
@@ -134,7 +161,8 @@ def test_photometric_changes_rgb_only(tmp_path):
 def test_photometric_built_from_config(tmp_path):
     mapper = build_dataset_mapper(_cfg(COLOR_AUG_SSD=True), is_train=True)
     assert len(mapper.photometric.augs) == 3
-    assert len(build_dataset_mapper(_cfg(), is_train=False).geometric.augs) == 0
+    test_augs = build_dataset_mapper(_cfg(), is_train=False).geometric.augs
+    assert [type(a) for a in test_augs] == [ResizeToBaseScale]
 
 
 def test_training_sample_without_label_is_an_error(tmp_path):

@@ -288,3 +288,18 @@ def test_panel_layout():
     assert with_truth.shape[1] == 4 * 40
     with pytest.raises(ValueError, match="prediction is 40x29"):
         draw_panel(rgb, thermal, prediction[:29], NAMES, COLORS)
+
+
+def test_predictor_feeds_the_base_scale_and_returns_input_size(tiny_cfg):
+    """As the test mapper: a 56x40 pair with base scale 112x80 reaches the model at 112x80;
+    the scores come back at 56x40."""
+    cfg = tiny_cfg.clone()
+    cfg.INPUT.BASE_SIZE = (80, 112)
+    demo_predictor = predictor.RGBTPredictor(cfg)
+    seen = []
+    demo_predictor.model.register_forward_pre_hook(lambda module, args: seen.append(args[0][0]))
+    rng = np.random.default_rng(3)
+    scores = demo_predictor(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8), rng.random((40, 56), dtype=np.float32))
+    assert scores.shape == (9, 40, 56)
+    assert tuple(seen[0]["image"].shape) == (3, 80, 112) and tuple(seen[0]["thermal"].shape) == (1, 80, 112)
+    assert (seen[0]["height"], seen[0]["width"]) == (40, 56)

@@ -1,8 +1,8 @@
 """Dataset mappers, looked up by ``cfg.INPUT.DATASET_MAPPER_NAME``."""
 
-from .rgbt_semantic_dataset_mapper import RGBTSemanticDatasetMapper
+from .rgbt_semantic_dataset_mapper import RGBTSemanticDatasetMapper, ResizeToBaseScale
 
-__all__ = ["DATASET_MAPPERS", "RGBTSemanticDatasetMapper", "build_dataset_mapper"]
+__all__ = ["DATASET_MAPPERS", "RGBTSemanticDatasetMapper", "ResizeToBaseScale", "build_dataset_mapper"]
 
 DATASET_MAPPERS = {"rgbt_semantic": RGBTSemanticDatasetMapper}
 

@@ -9,7 +9,7 @@ from detectron2.data import transforms as T
 
 from ..io import IGNORE_LABEL, read_sample
 
-__all__ = ["RGBTSemanticDatasetMapper", "PadToSize"]
+__all__ = ["RGBTSemanticDatasetMapper", "PadToSize", "ResizeToBaseScale"]
 
 
 class PadToSize(T.Augmentation):
@@ -42,13 +42,38 @@ class PadToSize(T.Augmentation):
         )
 
 
+class ResizeToBaseScale(T.Augmentation):
+    """Test-time resize to the dataset's base scale, keeping the aspect ratio (the recipe's
+    "resize to the base scale"): the image is scaled by ``min(long / max(h, w), short / min(h, w))``
+    with ``(short, long)`` the base scale's sides, so it fits the base scale. An image already at
+    the base scale (MFNet, PST900, KP, NYU at their published sizes) is left untouched.
+    """
+
+    def __init__(self, base_size):
+        """
+        Args:
+            base_size (tuple[int, int]): ``INPUT.BASE_SIZE`` (height, width).
+        """
+        super().__init__()
+        self.short, self.long = min(base_size), max(base_size)
+
+    def get_transform(self, image):
+        h, w = image.shape[:2]
+        new_h, new_w = T.ResizeShortestEdge.get_output_shape(h, w, self.short, self.long)
+        if (new_h, new_w) == (h, w):
+            return T.NoOpTransform()
+        return T.ResizeTransform(h, w, new_h, new_w)
+
+
 class RGBTSemanticDatasetMapper:
     """Map an RGB-T dataset dict to the inputs of HAPNet.
 
     Training: one geometric augmentation (random resize, square crop with a single-category
     area limit, flip, pad) is drawn once and applied to RGB, thermal and label alike;
     photometric augmentation (brightness, contrast, saturation) touches the RGB image only.
-    Test: original size, no augmentation.
+    Test: RGB and thermal resized to the base scale (:class:`ResizeToBaseScale`), no other
+    augmentation; the label stays at the original size, where predictions are evaluated
+    (``height``/``width`` are the original size).
 
     The output dict is a copy of the input plus:
 
@@ -116,6 +141,8 @@ class RGBTSemanticDatasetMapper:
                     T.RandomApply(T.RandomContrast(0.5, 1.5)),
                     T.RandomApply(T.RandomSaturation(0.5, 1.5)),
                 ]
+        else:
+            geometric.append(ResizeToBaseScale(cfg.INPUT.BASE_SIZE))
         return {
             "is_train": is_train,
             "geometric_augmentations": geometric,
@@ -139,9 +166,12 @@ class RGBTSemanticDatasetMapper:
         if label is None and self.is_train:
             raise ValueError(f"{dataset_dict['file_name']}: training sample without a label file")
 
-        aug_input = T.AugInput(rgb, sem_seg=label)
+        # at test time the label keeps its original size (predictions are resized back to it)
+        aug_input = T.AugInput(rgb, sem_seg=label if self.is_train else None)
         transforms = self.geometric(aug_input)
-        rgb, label = aug_input.image, aug_input.sem_seg
+        rgb = aug_input.image
+        if self.is_train:
+            label = aug_input.sem_seg
         thermal = transforms.apply_image(thermal)
         photometric_input = T.AugInput(rgb)
         self.photometric(photometric_input)
