@@ -67,7 +67,7 @@ def test_convnext_sum_is_the_sum_of_timm_stage_outputs(tiny_cfg):
         expected = [0, 0, 0, 0]
         for branch, x in ((bb.encoder, rgb), (bb.encoder_thermal, thermal)):
             stages = branch.convnext.forward_intermediates(x, intermediates_only=True)
-            expected = [e + norm(s) for e, norm, s in zip(expected, branch.norms, stages)]
+            expected = [e + norm(s) for e, norm, s in zip(expected, branch.norms_rgb, stages)]
     for i, name in enumerate(("res2", "res3", "res4", "res5")):
         torch.testing.assert_close(out[name], expected[i])
 
@@ -126,8 +126,8 @@ def test_errors_name_the_config_key(tiny_cfg):
         backbone(tiny_cfg.clone(), CONVNEXT, "mean")
     with pytest.raises(ValueError, match="MODEL.DUPLEX.ENCODER='no_such_net' is not a timm model"):
         backbone(tiny_cfg.clone(), "no_such_net")
-    with pytest.raises(ValueError, match="MODEL.DUPLEX.ENCODER='resnet18' is not a timm ConvNeXt or plain ViT"):
-        backbone(tiny_cfg.clone(), "resnet18")
+    with pytest.raises(ValueError, match=r"MODEL.DUPLEX.ENCODER='mixer_s16_224' must have 4 stages at strides \[4, 8, 16, 32\]"):
+        backbone(tiny_cfg.clone(), "mixer_s16_224")
     bb = backbone(tiny_cfg, CONVNEXT)
     with pytest.raises(ValueError, match="must be a multiple of 32"):
         bb(*pair(height=48))
@@ -197,7 +197,7 @@ def test_layer_decay_of_a_duplex_convnext_is_stage_wise(tiny_cfg):
         f"{net}.stages.1.downsample.1.weight": 0,
         f"{net}.stages.0.blocks.0.conv_dw.weight": 1,
         f"{net}.stages.3.blocks.1.mlp.fc1.weight": 4,
-        "backbone.encoder.norms.2.weight": 5,  # L = 4 stages, the rest gets L + 1
+        "backbone.encoder.norms_rgb.2.weight": 5,  # L = 4 stages, the rest gets L + 1
         "sem_seg_head.pixel_decoder.mask_features.weight": 5,
         "sem_seg_head.predictor.query_embed.weight": 0,
     }

@@ -27,10 +27,11 @@ MODALITIES = ("rgb", "thermal")
 STRIDES = [4, 8, 16, 32]
 
 
-def _is_convnext(name: str) -> bool:
-    """Whether the timm model ``name`` is a ConvNeXt (ValueError if timm does not know it)."""
+def _is_convnext(name: str, config_key: str) -> bool:
+    """Whether the timm model ``name`` is a ConvNeXt (ValueError naming ``config_key`` if timm
+    does not know it)."""
     if not timm.models.is_model(name):
-        raise ValueError(f"MODEL.HAPNET.CSPD_NAME={name!r} is not a timm model")
+        raise ValueError(f"{config_key}={name!r} is not a timm model")
     return timm.models.model_entrypoint(name).__module__ == "timm.models.convnext"
 
 
@@ -46,6 +47,7 @@ class CSPD(nn.Module):
         drop_path_rate: float = 0.0,
         layer_scale_init: float = 1.0,
         img_size: Optional[Sequence[int]] = None,
+        config_key: str = "MODEL.HAPNET.CSPD_NAME",
     ):
         """
         Args:
@@ -59,13 +61,14 @@ class CSPD(nn.Module):
                 not used by other families.
             img_size: (H, W) the input size, for encoders built for a fixed size (Swin); not
                 passed to encoders that do not take it.
+            config_key: the config key that named the encoder, for error messages.
         """
         super().__init__()
         if not modalities or any(m not in MODALITIES for m in modalities):
             raise ValueError(f"CSPD modalities must be a non-empty subset of {MODALITIES}, got {modalities}")
         self.modalities = list(modalities)
         self.shared_weights = shared_weights or len(self.modalities) == 1
-        self.is_convnext = _is_convnext(name)
+        self.is_convnext = _is_convnext(name, config_key)
         if self.is_convnext:
             self.convnext = self._build_convnext(name, drop_path_rate, layer_scale_init)
             if not self.shared_weights:
@@ -75,14 +78,17 @@ class CSPD(nn.Module):
             strides = [i["reduction"] for i in info]
         else:
             self._features_args = (name, drop_path_rate, img_size)
-            self.encoder = self._build_features(*self._features_args)
-            if not self.shared_weights:
-                self.encoder_thermal = self._build_features(*self._features_args)
+            try:
+                self.encoder = self._build_features(*self._features_args)
+                if not self.shared_weights:
+                    self.encoder_thermal = self._build_features(*self._features_args)
+            except (RuntimeError, TypeError, AssertionError) as e:
+                raise ValueError(f"{config_key}={name!r} has no timm features_only encoder: {e}") from e
             self.channels = self.encoder.feature_info.channels()
             strides = self.encoder.feature_info.reduction()
         if strides != STRIDES:
             raise ValueError(
-                f"MODEL.HAPNET.CSPD_NAME={name!r} must have 4 stages at strides {STRIDES}, got {strides}"
+                f"{config_key}={name!r} must have 4 stages at strides {STRIDES}, got {strides}"
             )
         for modality in self.modalities:
             norms = nn.ModuleList(LayerNorm2d(c, eps=1e-6) for c in self.channels)
@@ -120,10 +126,7 @@ class CSPD(nn.Module):
             kwargs["pretrained"] = False
         else:
             kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(state_dict=pretrained_state))
-        try:
-            return cls._create(name, img_size, **kwargs)
-        except (RuntimeError, TypeError, AssertionError) as e:
-            raise ValueError(f"MODEL.HAPNET.CSPD_NAME={name!r} has no timm features_only encoder: {e}") from e
+        return cls._create(name, img_size, **kwargs)
 
     def pretrained_encoder(self, state: dict) -> nn.Module:
         """A non-ConvNeXt encoder like ``self.encoder`` with a published classifier checkpoint

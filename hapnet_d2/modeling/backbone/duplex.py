@@ -5,7 +5,8 @@ the thermal image and fuse the two feature pyramids scale by scale, by element-w
 by concatenation; the fused ``res2..res5`` go to HAPNet's Mask2Former decoder unchanged. Two
 encoder families are supported:
 
-* a timm ConvNeXt (``convnext_small`` in the paper): its four stages give strides 4/8/16/32;
+* a timm ConvNeXt (``convnext_small`` in the paper): its four stages give strides 4/8/16/32
+  (any other 4-level timm encoder works too, as for the CSPD);
 * a timm plain ViT (``beitv2_base_patch16_224`` in the paper), built like HAPNet's VFM
   (:class:`TimmViT`); its single stride-16 scale is turned into a four-level pyramid as in
   ViT-Adapter / ViTDet.
@@ -17,69 +18,42 @@ from typing import Dict, List, Tuple
 import timm
 import torch
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec, get_norm
+from detectron2.layers import get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
-from timm.layers import LayerNorm2d
 from torch import nn
 
-from .hapnet_backbone import resolve_norm
+from .cspd import CSPD
+from .hapnet_backbone import check_backbone_inputs, resolve_norm
 from .pretrained import load_cspd_weights, load_vfm_weights
 from .timm_vit import TimmViT
 
-__all__ = ["DuplexBackbone", "ConvNeXtEncoder", "ViTPyramidEncoder", "build_duplex_encoder"]
+__all__ = ["DuplexBackbone", "CNNEncoder", "ViTPyramidEncoder", "build_duplex_encoder"]
 
 FUSIONS = ("sum", "concat")
 # timm modules whose models TimmViT can run (plain ViTs: BEiT/BEiTv2, ViT/AugReg/DINOv2, DeiT)
 _PLAIN_VIT_MODULES = ("timm.models.beit", "timm.models.vision_transformer", "timm.models.deit")
 
 
-class ConvNeXtEncoder(nn.Module):
-    """A timm ConvNeXt giving its four stage outputs, each with its own final LayerNorm.
+class CNNEncoder(CSPD):
+    """A hierarchical CNN encoder on one image: the CSPD's encoder (timm ConvNeXt, or any
+    4-level timm encoder) with one LayerNorm per stage output, run on a single input.
 
-    Module names follow timm (``convnext.stem``, ``convnext.stages.{i}``) so that timm and official
-    checkpoints load with :func:`load_cspd_weights` and the optimiser finds the stages.
+    Module names are the CSPD's (``convnext.stem``, ``convnext.stages.{i}``, ``norms_rgb.{i}``),
+    so timm and official checkpoints load with :func:`load_cspd_weights` and the optimiser's
+    layer ids (:func:`cspd_layer_id`) apply.
     """
 
-    def __init__(self, *, name: str, drop_path_rate: float = 0.0, layer_scale_init: float = 1.0):
+    def __init__(self, *, name: str, drop_path_rate: float = 0.0, img_size=None):
         """
         Args:
-            name: timm ConvNeXt name, e.g. ``convnext_small`` or ``convnext_atto``.
+            name: timm encoder name, e.g. ``convnext_small`` or ``convnext_atto``.
             drop_path_rate: stochastic depth rate.
-            layer_scale_init: ConvNeXt layer-scale init (1.0, as the CSPD of the reference).
+            img_size: (H, W) for encoders built for a fixed size (Swin).
         """
-        super().__init__()
-        try:
-            model = timm.create_model(
-                name,
-                pretrained=False,
-                num_classes=0,
-                drop_path_rate=drop_path_rate,
-                ls_init_value=layer_scale_init,
-            )
-        except (RuntimeError, TypeError) as e:
-            raise ValueError(
-                f"MODEL.DUPLEX.ENCODER={name!r} is not a timm ConvNeXt or plain ViT: {e}"
-            ) from e
-        if not (hasattr(model, "stem") and hasattr(model, "stages")):
-            raise ValueError(f"MODEL.DUPLEX.ENCODER={name!r} is not a timm ConvNeXt or plain ViT")
-        reductions = [info["reduction"] for info in model.feature_info]
-        if reductions != [4, 8, 16, 32]:
-            raise ValueError(
-                f"MODEL.DUPLEX.ENCODER={name!r} has feature strides {reductions}, "
-                "need [4, 8, 16, 32]"
-            )
-        # the classifier's head and pre-head norm are never run
-        model.head = nn.Identity()
-        model.norm_pre = nn.Identity()
-        self.convnext = model
-        self.channels = [info["num_chs"] for info in model.feature_info]
-        # one LayerNorm per stage output, as the CSPD and ConvNeXt's own dense-prediction backbone
-        self.norms = nn.ModuleList(LayerNorm2d(c, eps=1e-6) for c in self.channels)
-
-    def networks(self):
-        """``(modalities, convnext)`` pairs, the contract of ``CSPD.networks`` that
-        :func:`load_cspd_weights` relies on."""
-        return [((), self.convnext)]
+        super().__init__(
+            name=name, modalities=["rgb"], drop_path_rate=drop_path_rate, img_size=img_size,
+            config_key="MODEL.DUPLEX.ENCODER",
+        )
 
     def load_weights(self, path: str, allow_unsafe: bool = False):
         return load_cspd_weights(self, path, allow_unsafe=allow_unsafe)
@@ -91,12 +65,7 @@ class ConvNeXtEncoder(nn.Module):
         Returns:
             four maps ``[B, C_i, H/s, W/s]``, s = 4, 8, 16, 32.
         """
-        x = self.convnext.stem(x)
-        outs = []
-        for stage, norm in zip(self.convnext.stages, self.norms):
-            x = stage(x)
-            outs.append(norm(x))
-        return outs
+        return super().forward(x, None)
 
 
 class ViTPyramidEncoder(nn.Module):
@@ -169,7 +138,7 @@ def build_duplex_encoder(cfg) -> nn.Module:
             extra_kwargs=dict(h.VFM_KWARGS),
         )
         return ViTPyramidEncoder(vfm=vfm, norm=resolve_norm(h.OUT_NORM))
-    return ConvNeXtEncoder(name=d.ENCODER, drop_path_rate=d.DROP_PATH)
+    return CNNEncoder(name=d.ENCODER, drop_path_rate=d.DROP_PATH, img_size=tuple(cfg.INPUT.CROP.SIZE))
 
 
 @BACKBONE_REGISTRY.register()
@@ -233,12 +202,6 @@ class DuplexBackbone(Backbone):
     def size_divisibility(self) -> int:
         return 32
 
-    def output_shape(self) -> Dict[str, ShapeSpec]:
-        return {
-            k: ShapeSpec(channels=self._out_feature_channels[k], stride=self._out_feature_strides[k])
-            for k in self._out_features
-        }
-
     def branch_features(
         self, rgb: torch.Tensor, thermal: torch.Tensor
     ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
@@ -262,13 +225,7 @@ class DuplexBackbone(Backbone):
         Returns:
             ``{"res2": [B, C_0, H/4, W/4], ..., "res5": [B, C_3, H/32, W/32]}``.
         """
-        if rgb.shape != thermal.shape or rgb.dim() != 4 or rgb.shape[1] != 3:
-            raise ValueError(
-                f"expected RGB and thermal of equal shape [B,3,H,W], got {tuple(rgb.shape)} "
-                f"and {tuple(thermal.shape)}"
-            )
-        if rgb.shape[-2] % 32 or rgb.shape[-1] % 32:
-            raise ValueError(f"input size {tuple(rgb.shape[-2:])} must be a multiple of 32 (pad it)")
+        check_backbone_inputs(rgb, thermal, self.size_divisibility)
         feats_rgb, feats_thermal = self.branch_features(rgb, thermal)
         outs = {}
         for i, (name, fr, ft) in enumerate(zip(self._out_features, feats_rgb, feats_thermal)):

@@ -8,7 +8,7 @@ from typing import Dict, List, Tuple
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec, get_norm
+from detectron2.layers import get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.utils import comm
 from torch import nn
@@ -44,6 +44,17 @@ def resolve_norm(norm: str) -> str:
     if comm.get_world_size() > 1:
         return "SyncBN" if torch.cuda.is_available() else "naiveSyncBN"
     return "BN"
+
+
+def check_backbone_inputs(rgb: torch.Tensor, thermal: torch.Tensor, divisibility: int) -> None:
+    """ValueError unless RGB and thermal are ``[B, 3, H, W]`` of one shape, H and W multiples of
+    ``divisibility`` (the meta-architecture pads them)."""
+    if rgb.shape != thermal.shape or rgb.dim() != 4 or rgb.shape[1] != 3:
+        raise ValueError(
+            f"expected RGB and thermal of equal shape [B,3,H,W], got {tuple(rgb.shape)} and {tuple(thermal.shape)}"
+        )
+    if rgb.shape[-2] % divisibility or rgb.shape[-1] % divisibility:
+        raise ValueError(f"input size {tuple(rgb.shape[-2:])} must be a multiple of {divisibility} (pad it)")
 
 
 @BACKBONE_REGISTRY.register()
@@ -151,12 +162,6 @@ class HAPNetBackbone(Backbone):
     def size_divisibility(self) -> int:
         return 32
 
-    def output_shape(self) -> Dict[str, ShapeSpec]:
-        return {
-            k: ShapeSpec(channels=self._out_feature_channels[k], stride=self._out_feature_strides[k])
-            for k in self._out_features
-        }
-
     def _spatial_prior(self, rgb, thermal) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """CSPD features projected to ``dim``.
 
@@ -180,11 +185,7 @@ class HAPNetBackbone(Backbone):
             ``{"res2": [B, D, H/4, W/4], "res3": [B, D, H/8, W/8], "res4": [B, D, H/16, W/16],
             "res5": [B, D, H/32, W/32]}``.
         """
-        if rgb.shape != thermal.shape or rgb.dim() != 4 or rgb.shape[1] != 3:
-            raise ValueError(f"expected RGB and thermal of equal shape [B,3,H,W], got {tuple(rgb.shape)} "
-                             f"and {tuple(thermal.shape)}")
-        if rgb.shape[-2] % 32 or rgb.shape[-1] % 32:
-            raise ValueError(f"input size {tuple(rgb.shape[-2:])} must be a multiple of 32 (pad it)")
+        check_backbone_inputs(rgb, thermal, self.size_divisibility)
         inputs = {"rgb": rgb, "thermal": thermal}
         c1, c, prior_shapes = self._spatial_prior(
             *(inputs[m] if m in self.cspd.modalities else None for m in ("rgb", "thermal"))
