@@ -240,7 +240,9 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
     )
     name = cfg.SOLVER.OPTIMIZER.upper()
     if name == "ADAMW":
-        optimizer_type, kwargs = torch.optim.AdamW, {}
+        # the fused kernel (CPU and CUDA): one pass over all parameters, ~3.5x faster than the
+        # per-tensor loop on the tiny model's 520 tensors (7% of a CPU training step)
+        optimizer_type, kwargs = torch.optim.AdamW, {"fused": True}
     elif name == "SGD":
         optimizer_type = torch.optim.SGD
         kwargs = {"momentum": cfg.SOLVER.MOMENTUM, "nesterov": cfg.SOLVER.NESTEROV}

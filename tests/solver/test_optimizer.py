@@ -1,5 +1,6 @@
 """Optimiser parameter groups and lr schedule against DESIGN.md s.3."""
 
+import copy
 import math
 
 import pytest
@@ -10,7 +11,7 @@ from detectron2.modeling import build_model
 from torch import nn
 
 from hapnet_d2.config import add_hapnet_config
-from hapnet_d2.solver import build_lr_scheduler, build_optimizer, get_layer_id
+from hapnet_d2.solver import build_lr_scheduler, build_optimizer, get_layer_id, get_optimizer_param_groups
 
 BASE_LR = 1e-3
 DECAY = 0.9
@@ -276,3 +277,28 @@ def test_groups_of_the_tiny_hapnet(tiny_cfg):
         no_decay = param.ndim == 1 or name.endswith(".bias") or "relative_position" in name
         no_decay = no_decay or name == "backbone.vfm.vfm.cls_token"
         assert (group_of[param]["weight_decay"] == 0.0) == no_decay, name
+
+
+def test_adamw_is_fused_and_matches_the_reference_update():
+    """The fused AdamW step equals torch's per-tensor AdamW (same groups, clipping off)."""
+    torch.manual_seed(0)
+    model = StubHAPNet(nested_vfm=False)
+    reference = copy.deepcopy(model)
+    cfg = _cfg()
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = False
+    fused = build_optimizer(cfg, model)
+    assert fused.defaults["fused"] is True
+    groups = get_optimizer_param_groups(
+        reference, base_lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+        weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM, weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+        layer_decay_rate=cfg.SOLVER.LAYER_DECAY_RATE,
+    )
+    plain = torch.optim.AdamW(groups, lr=cfg.SOLVER.BASE_LR, foreach=False)
+    for step in range(3):
+        for m in (model, reference):
+            for i, p in enumerate(m.parameters()):
+                p.grad = torch.full_like(p, 0.1 * (i + 1) * (step + 1))
+        fused.step()
+        plain.step()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, msg=name)
