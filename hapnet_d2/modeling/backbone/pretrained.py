@@ -100,16 +100,21 @@ def load_cspd_weights(cspd, path: str, allow_unsafe: bool = False) -> LoadReport
     The per-modality stage norms are HAPNet's own and keep their initialisation.
     """
     state = _unwrap(safe_torch_load(path, allow_unsafe=allow_unsafe), path)
-    if not cspd.is_convnext:
-        try:
-            loaded = cspd.pretrained_encoder(dict(state)).state_dict()
-        except RuntimeError as e:  # timm's strict load into the full classifier
-            lines = str(e).splitlines()
-            raise ValueError(f"{path}: CSPD weights do not fit the configured encoder: {' '.join(lines)[:500]}") from e
-        return [_load(net, loaded, path, "CSPD") for _, net in cspd.networks()][-1]
-    from timm.models.convnext import checkpoint_filter_fn
+    if cspd.is_convnext:
+        from timm.models.convnext import checkpoint_filter_fn
 
+        def converted(net):
+            return checkpoint_filter_fn(dict(state), net)
+    else:
+        try:
+            encoder_state = cspd.pretrained_encoder(dict(state)).state_dict()
+        except RuntimeError as e:  # timm's strict load into the full classifier
+            details = " ".join(str(e).splitlines())[:500]
+            raise ValueError(f"{path}: CSPD weights do not fit the configured encoder: {details}") from e
+
+        def converted(net):
+            return encoder_state
     report = None
     for _, net in cspd.networks():
-        report = _load(net, checkpoint_filter_fn(dict(state), net), path, "CSPD")
+        report = _load(net, converted(net), path, "CSPD")
     return report
