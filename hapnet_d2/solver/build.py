@@ -22,7 +22,7 @@ recognised. ``L`` is the number of ViT blocks found among the parameter names.
 The symmetric duplex encoders of Table 8 (:class:`DuplexBackbone`) follow the same rules with
 their branches ``backbone.encoder`` and ``backbone.encoder_thermal`` in place of ``backbone``'s
 ``vfm`` and ``cspd``: a duplex ViT (``backbone.encoder.vfm.vfm.blocks.{j}``) decays like the VFM;
-a duplex ConvNeXt, having no ViT, takes ``L`` = its number of stages (4), i.e. stage-wise decay:
+a duplex CNN (ConvNeXt, ...), having no ViT, takes ``L`` = its number of stages (4), i.e. stage-wise decay:
 stem and downsampling layers 0, stage ``i`` ``i + 1``, the rest (its norms, the concat fusion's
 1x1 convs, the decoder) ``L + 1``.
 
@@ -114,13 +114,14 @@ def get_vfm_num_layers(model: torch.nn.Module) -> int:
 
     Returns:
         The number of ViT blocks ``L`` (12 for BEiTv2-B), counted from the parameter names; for a
-        model without ViT but with a duplex ConvNeXt encoder, its number of stages.
+        model without ViT but with a duplex CNN encoder, its number of stages.
     """
     names = dict(model.named_parameters())
     block_ids = {int(m.group(1)) for m in map(_VFM_BLOCK.match, names) if m}
     if not block_ids:
         # a duplex CNN without ViT: its stages (ids 1..4) play the blocks
-        block_ids = {_cnn_layer_id(n) - 1 for n in names if n.startswith(CNN_PREFIXES[1:]) and _cnn_layer_id(n)}
+        stage_ids = {_cnn_layer_id(n) for n in names if n.startswith(CNN_PREFIXES[1:])}
+        block_ids = {i - 1 for i in stage_ids if i}
     if not block_ids:
         raise ValueError(
             f"Layer-wise lr decay needs ViT blocks under '{VFM_PREFIX}' (parameters named "
