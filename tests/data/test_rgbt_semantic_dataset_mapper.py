@@ -69,8 +69,12 @@ def _interior(label):
 
 
 def test_training_augmentation_keeps_modalities_aligned(tmp_path):
+    """Crops stay aligned; crops smaller than the crop size are padded with the pixel means
+    (normalised padding 0, as the model pads test images) and the ignore label."""
     dataset_dict, *_ = _write_pattern(tmp_path)
-    mapper = build_dataset_mapper(_cfg(), is_train=True)
+    cfg = _cfg()
+    cfg.MODEL.THERMAL_PIXEL_MEAN = [30.0, 30.0, 30.0]
+    mapper = build_dataset_mapper(cfg, is_train=True)
     np.random.seed(0)
     padding_seen = set()
     for _ in range(25):
@@ -84,7 +88,7 @@ def test_training_augmentation_keeps_modalities_aligned(tmp_path):
         rgb = image.permute(1, 2, 0).numpy().astype(int)
         t = thermal[0].numpy()
         padded = label == 255
-        assert (rgb[padded] == 0).all() and (t[padded] == 0).all()
+        assert (rgb[padded] == [124, 116, 104]).all() and (t[padded] == 30).all()
         inner = _interior(label) & ~padded
         assert inner.sum() > 0.2 * (~padded).sum()
         assert np.abs(rgb[inner] - PALETTE[label[inner]]).max() <= 1

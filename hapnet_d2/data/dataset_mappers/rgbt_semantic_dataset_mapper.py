@@ -12,34 +12,50 @@ from ..io import IGNORE_LABEL, read_sample
 __all__ = ["RGBTSemanticDatasetMapper", "PadToSize", "ResizeToBaseScale"]
 
 
-class PadToSize(T.Augmentation):
+class PadToSize:
     """Pad at the bottom/right to at least ``size``, then up to a multiple of ``divisibility``.
 
-    Images are padded with ``pad_value``, label maps with ``seg_pad_value``.
+    Each array gets its own fill: images are padded with their pixel mean, so that after the
+    model's normalisation the padding is 0, like the model's own padding of a batch and of
+    test images (``ImageList.from_tensors``, ``whole_inference``); labels with the ignore id.
     """
 
-    def __init__(self, size=None, divisibility=-1, pad_value=0, seg_pad_value=IGNORE_LABEL):
+    def __init__(self, size=None, divisibility=-1):
         """
         Args:
             size (tuple[int, int] or None): minimum (height, width) after padding.
             divisibility (int): pad height and width to a multiple of this (<= 0: off).
-            pad_value (float): image fill value.
-            seg_pad_value (int): label fill value.
         """
-        super().__init__()
-        self._init(locals())
+        self.size = None if size is None else tuple(size)
+        self.divisibility = divisibility
 
-    def get_transform(self, image):
-        h, w = image.shape[:2]
-        th, tw = (h, w) if self.size is None else (max(h, self.size[0]), max(w, self.size[1]))
+    def target_size(self, height: int, width: int):
+        """(height, width) after padding an array of ``height x width``."""
+        th, tw = (height, width) if self.size is None else (max(height, self.size[0]), max(width, self.size[1]))
         if self.divisibility > 0:
             th = -(-th // self.divisibility) * self.divisibility
             tw = -(-tw // self.divisibility) * self.divisibility
-        if (th, tw) == (h, w):
-            return T.NoOpTransform()
-        return T.PadTransform(
-            0, 0, tw - w, th - h, w, h, pad_value=self.pad_value, seg_pad_value=self.seg_pad_value
-        )
+        return th, tw
+
+    def __call__(self, array: np.ndarray, fill) -> np.ndarray:
+        """
+        Args:
+            array: ``[H, W]`` or ``[H, W, C]``.
+            fill: a scalar, or one value per channel.
+        Returns:
+            ``array`` padded at the bottom/right (``array`` itself when no padding is needed).
+        """
+        height, width = array.shape[:2]
+        th, tw = self.target_size(height, width)
+        if (th, tw) == (height, width):
+            return array
+        fill = np.asarray(fill, dtype=np.float64)
+        if np.issubdtype(array.dtype, np.integer):
+            fill = fill.round()
+        padded = np.empty((th, tw) + array.shape[2:], dtype=array.dtype)
+        padded[...] = fill
+        padded[:height, :width] = array
+        return padded
 
 
 class ResizeToBaseScale(T.Augmentation):
@@ -69,8 +85,9 @@ class RGBTSemanticDatasetMapper:
     """Map an RGB-T dataset dict to the inputs of HAPNet.
 
     Training: one geometric augmentation (random resize, square crop with a single-category
-    area limit, flip, pad) is drawn once and applied to RGB, thermal and label alike;
-    photometric augmentation (brightness, contrast, saturation) touches the RGB image only.
+    area limit, flip) is drawn once and applied to RGB, thermal and label alike;
+    photometric augmentation (brightness, contrast, saturation) touches the RGB image only;
+    then all three are padded to the crop size (:class:`PadToSize`; images with their pixel mean).
     Test: RGB and thermal resized to the base scale (:class:`ResizeToBaseScale`), no other
     augmentation; the label stays at the original size, where predictions are evaluated
     (``height``/``width`` are the original size).
@@ -92,6 +109,9 @@ class RGBTSemanticDatasetMapper:
         photometric_augmentations,
         image_format,
         ignore_label=IGNORE_LABEL,
+        pad=None,
+        rgb_pad_value=(0.0, 0.0, 0.0),
+        thermal_pad_value=(0.0, 0.0, 0.0),
     ):
         """
         Args:
@@ -99,7 +119,11 @@ class RGBTSemanticDatasetMapper:
             geometric_augmentations (list[Augmentation]): applied to RGB, thermal and label.
             photometric_augmentations (list[Augmentation]): applied to the RGB image only.
             image_format (str): "RGB" or "BGR", channel order of ``"image"``.
-            ignore_label (int): label id ignored by the loss; also the crop's ignored id.
+            ignore_label (int): label id ignored by the loss; also the crop's ignored id and the
+                label padding.
+            pad (PadToSize or None): padding after augmentation (training: to the crop size).
+            rgb_pad_value, thermal_pad_value (tuple[float]): per-channel image padding, RGB order;
+                the model's pixel means, so that padding is 0 once normalised.
         """
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be RGB or BGR, got {image_format!r}")
@@ -108,11 +132,14 @@ class RGBTSemanticDatasetMapper:
         self.photometric = T.AugmentationList(photometric_augmentations)
         self.image_format = image_format
         self.ignore_label = ignore_label
+        self.pad = pad
+        self.rgb_pad_value = tuple(rgb_pad_value)
+        self.thermal_pad_value = tuple(thermal_pad_value)
 
     @classmethod
     def from_config(cls, cfg, is_train=True):
         ignore_label = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
-        geometric, photometric = [], []
+        geometric, photometric, pad = [], [], None
         if is_train:
             base_h, base_w = cfg.INPUT.BASE_SIZE
             min_ratio, max_ratio = cfg.INPUT.RESIZE_RATIO_RANGE
@@ -134,7 +161,7 @@ class RGBTSemanticDatasetMapper:
                     )
                 )
             crop = tuple(cfg.INPUT.CROP.SIZE) if cfg.INPUT.CROP.ENABLED else None
-            geometric.append(PadToSize(crop, cfg.INPUT.SIZE_DIVISIBILITY, 0, ignore_label))
+            pad = PadToSize(crop, cfg.INPUT.SIZE_DIVISIBILITY)
             if cfg.INPUT.COLOR_AUG_SSD:
                 photometric = [
                     T.RandomApply(T.RandomBrightness(0.875, 1.125)),
@@ -149,6 +176,9 @@ class RGBTSemanticDatasetMapper:
             "photometric_augmentations": photometric,
             "image_format": cfg.INPUT.FORMAT,
             "ignore_label": ignore_label,
+            "pad": pad,
+            "rgb_pad_value": cfg.MODEL.PIXEL_MEAN,
+            "thermal_pad_value": cfg.MODEL.THERMAL_PIXEL_MEAN,
         }
 
     def __call__(self, dataset_dict):
@@ -177,10 +207,15 @@ class RGBTSemanticDatasetMapper:
         self.photometric(photometric_input)
         rgb = photometric_input.image
 
-        if self.image_format == "BGR":
-            rgb = rgb[:, :, ::-1]
         if thermal.ndim == 2:
             thermal = np.repeat(thermal[:, :, None], 3, axis=2)
+        if self.pad is not None:
+            rgb = self.pad(rgb, self.rgb_pad_value)
+            thermal = self.pad(thermal, self.thermal_pad_value)
+            if label is not None:
+                label = self.pad(label, self.ignore_label)
+        if self.image_format == "BGR":
+            rgb = rgb[:, :, ::-1]
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
         dataset_dict["thermal"] = torch.as_tensor(
             np.ascontiguousarray(thermal.transpose(2, 0, 1), dtype=np.float32)
