@@ -7,7 +7,7 @@ Examples:
     python train_net.py --config-file configs/synth/hapnet_tiny.yaml --num-gpus 1
     # resume from OUTPUT_DIR/last_checkpoint after an interruption
     python train_net.py --config-file configs/synth/hapnet_tiny.yaml --resume
-    # evaluate a checkpoint (with test-time augmentation if TEST.AUG.ENABLED)
+    # evaluate a checkpoint (also with test-time augmentation if TEST.AUG.ENABLED, as after training)
     python train_net.py --config-file configs/synth/hapnet_tiny.yaml --eval-only \\
         MODEL.WEIGHTS output/synth/hapnet_tiny/model_final.pth
 """
@@ -20,7 +20,7 @@ import os
 # machine. Set OMP_WAIT_POLICY yourself to override. Must precede the first torch import.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup, hooks, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
@@ -68,6 +68,9 @@ def main(args):
 
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
+    if cfg.TEST.AUG.ENABLED:
+        # after the plain evaluation, as Detectron2's tools/train_net.py does
+        trainer.register_hooks([hooks.EvalHook(0, lambda: trainer.test_with_TTA(cfg, trainer.model))])
     return trainer.train()
 
 

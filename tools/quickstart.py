@@ -3,8 +3,9 @@
 
 Steps: generate the synthetic dataset if missing (on first use), train
 ``configs/synth/hapnet_tiny.yaml`` with ``train_net.py`` on the CPU (resuming if interrupted),
-evaluate on ``synth_rgbt_test`` (day and night subsets too), print the paper-style table, copy
-``results.json`` to --output, write side-by-side visualisations of a few day and night test pairs
+evaluate on ``synth_rgbt_test`` (day and night subsets too; also with test-time augmentation when
+the config enables ``TEST.AUG``), print the paper-style tables, copy ``results.json`` (and
+``results_TTA.json``) to --output, write side-by-side visualisations of a few day and night test pairs
 with ``demo/demo.py``, and end with one line giving mIoU and night mIoU.
 """
 import argparse
@@ -16,6 +17,7 @@ import sys
 from detectron2.data import DatasetCatalog
 
 import hapnet_d2  # noqa: F401  (registers the synthetic dataset)
+from hapnet_d2.config import get_hapnet_cfg
 from hapnet_d2.utils.runs import REPO_ROOT, load_results, train_and_evaluate
 
 TEST_SET = "synth_rgbt_test"
@@ -42,11 +44,17 @@ def main():
     code = train_and_evaluate(args.config_file, out, args.opts)
     if code != 0:
         sys.exit(f"quickstart: training failed with exit code {code}; see {out}/log.txt")
-    results = load_results(out, TEST_SET)
-    report_dir = os.path.join(out, "inference", TEST_SET)
-    shutil.copy(os.path.join(report_dir, "results.json"), os.path.join(out, "results.json"))
-    with open(os.path.join(report_dir, "table.md")) as f:
-        print(f.read())
+    cfg = get_hapnet_cfg(os.path.join(REPO_ROOT, args.config_file), args.opts)
+    tta = cfg.TEST.AUG.ENABLED
+    reports = [("results.json", "inference", "Single-scale")]
+    if tta:
+        reports.append(("results_TTA.json", "inference_TTA", "Test-time augmentation"))
+    for name, folder, title in reports:
+        report_dir = os.path.join(out, folder, TEST_SET)
+        shutil.copy(os.path.join(report_dir, "results.json"), os.path.join(out, name))
+        print(f"{title} evaluation ({report_dir}):")
+        with open(os.path.join(report_dir, "table.md")) as f:
+            print(f.read())
 
     examples = pick_examples(args.num_vis)
     vis_dir = os.path.join(out, "visualizations")
@@ -56,11 +64,21 @@ def main():
          "--opts", "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"), *args.opts],
         cwd=REPO_ROOT,
     )
-    metrics = results["metrics"]
+    single = summary(load_results(out, TEST_SET)["metrics"])
+    if tta:
+        scales = "/".join(f"{s:g}" for s in cfg.TEST.AUG.SCALES) + (" + flip" if cfg.TEST.AUG.FLIP else "")
+        headline = f"{summary(load_results(out, TEST_SET, tta=True)['metrics'])} with test-time augmentation " \
+                   f"(scales {scales}); single-scale {single}"
+    else:
+        headline = single
+    print(f"quickstart: synthetic test {headline}; results in {out}/results*.json, visualisations in {vis_dir}")
+
+
+def summary(metrics) -> str:
+    """'mIoU M, night mIoU N (day D)' from the evaluator's metrics."""
     night = metrics.get("sem_seg_night", {}).get("mIoU", float("nan"))
     day = metrics.get("sem_seg_day", {}).get("mIoU", float("nan"))
-    print(f"quickstart: synthetic test mIoU {metrics['sem_seg']['mIoU']:.1f}, night mIoU {night:.1f} "
-          f"(day {day:.1f}); results in {out}/results.json, visualisations in {vis_dir}")
+    return f"mIoU {metrics['sem_seg']['mIoU']:.1f}, night mIoU {night:.1f} (day {day:.1f})"
 
 
 if __name__ == "__main__":

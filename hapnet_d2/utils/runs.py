@@ -15,9 +15,10 @@ __all__ = ["REPO_ROOT", "train_and_evaluate", "load_results"]
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def load_results(output_dir: str, dataset_name: str) -> Dict:
-    """The evaluator's ``results.json`` of ``dataset_name`` under ``output_dir/inference``."""
-    path = os.path.join(output_dir, "inference", dataset_name, "results.json")
+def load_results(output_dir: str, dataset_name: str, tta: bool = False) -> Dict:
+    """The evaluator's ``results.json`` of ``dataset_name`` under ``output_dir/inference`` (or
+    ``output_dir/inference_TTA`` for the test-time augmented evaluation)."""
+    path = os.path.join(output_dir, "inference_TTA" if tta else "inference", dataset_name, "results.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found: the evaluation of {dataset_name} did not run")
     with open(path) as f:

@@ -18,15 +18,18 @@ def test_quickstart_trains_evaluates_and_visualises(tmp_path):
     out = tmp_path / "quickstart"
     proc = subprocess.run(
         [sys.executable, "tools/quickstart.py", "--output", str(out), "--num-vis", "1",
-         "SOLVER.MAX_ITER", "4", "SOLVER.WARMUP_ITERS", "2", "SOLVER.CHECKPOINT_PERIOD", "100"],
+         "SOLVER.MAX_ITER", "4", "SOLVER.WARMUP_ITERS", "2", "SOLVER.CHECKPOINT_PERIOD", "100",
+         "TEST.AUG.ENABLED", "True", "TEST.AUG.SCALES", "(1.0,)"],  # TTA: flip only, to keep it short
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("quickstart: synthetic test mIoU") and "night mIoU" in last
-    results = json.loads((out / "results.json").read_text())
-    assert {"sem_seg", "sem_seg_day", "sem_seg_night"} <= set(results["metrics"])
-    assert "| Subset |" in proc.stdout and "car IoU" in proc.stdout  # the paper-style table
+    assert "with test-time augmentation (scales 1 + flip); single-scale mIoU" in last
+    for name in ("results.json", "results_TTA.json"):
+        results = json.loads((out / name).read_text())
+        assert {"sem_seg", "sem_seg_day", "sem_seg_night"} <= set(results["metrics"])
+    assert proc.stdout.count("| Subset |") == 2 and "car IoU" in proc.stdout  # paper-style tables
     panels = sorted((out / "visualizations").glob("*_panel.png"))
     labels = sorted((out / "visualizations").glob("*_label.png"))
     assert len(panels) == 2 and len(labels) == 2  # one day, one night
