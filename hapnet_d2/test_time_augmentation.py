@@ -92,12 +92,14 @@ class SemanticSegmentorWithTTA(nn.Module):
         return augmented
 
     def _inference_one(self, inputs: Dict) -> Dict[str, torch.Tensor]:
-        total = None
         augmented = self._augmented_inputs(inputs)
+        step = 2 if self.flip else 1  # a scale and its flipped copy go to the model together
+        total = None
         with torch.no_grad():
-            for aug, flipped in augmented:
-                scores = self.model([aug])[0]["sem_seg"]
-                if flipped:
-                    scores = scores.flip(-1)
-                total = scores if total is None else total + scores
+            for start in range(0, len(augmented), step):
+                group = augmented[start : start + step]
+                outputs = self.model([aug for aug, _ in group])
+                for (_, flipped), output in zip(group, outputs):
+                    scores = output["sem_seg"].flip(-1) if flipped else output["sem_seg"]
+                    total = scores if total is None else total + scores
         return {"sem_seg": total / len(augmented)}

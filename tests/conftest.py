@@ -20,8 +20,9 @@ def load_cfg(path: str, opts=()):
 
 @pytest.fixture
 def tiny_cfg():
-    """The tiny config at 64x64 crops (4x4 ViT tokens), pure-PyTorch-free defaults."""
-    return load_cfg("configs/synth/hapnet_tiny.yaml", ["INPUT.CROP.SIZE", (64, 64)])
+    """The tiny config at 64x64 crops (4x4 ViT tokens), pure-PyTorch-free defaults, without the
+    config's test-time augmentation (tests of TTA turn it on)."""
+    return load_cfg("configs/synth/hapnet_tiny.yaml", ["INPUT.CROP.SIZE", (64, 64), "TEST.AUG.ENABLED", False])
 
 
 def rgbt_pair(height: int, width: int, num_classes: int = 9, seed: int = 0):

@@ -15,8 +15,10 @@ class RecordingSegmentor(nn.Module):
     def __init__(self):
         super().__init__()
         self.calls = []
+        self.batch_sizes = []
 
     def forward(self, batched_inputs):
+        self.batch_sizes.append(len(batched_inputs))
         outputs = []
         for x in batched_inputs:
             self.calls.append(x)
@@ -43,6 +45,7 @@ def test_every_scale_and_flip_is_run_and_averaged():
 
     sizes = [tuple(call["image"].shape[-2:]) for call in model.calls]
     assert sizes == [(12, 16), (12, 16), (18, 24), (18, 24)]
+    assert model.batch_sizes == [2, 2]  # one call per scale: the image and its flipped copy
     assert all((call["height"], call["width"]) == (24, 32) for call in model.calls)
     for plain, flipped in (model.calls[0:2], model.calls[2:4]):
         assert torch.equal(flipped["image"], plain["image"].flip(-1))
@@ -82,3 +85,19 @@ def test_tiny_hapnet_with_tta_from_config(tiny_cfg):
     (output,) = tta([inputs])
     assert output["sem_seg"].shape == (tiny_cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, 24, 32)
     assert torch.isfinite(output["sem_seg"]).all()
+
+
+@pytest.mark.parametrize("mode", ["whole", "slide"])
+def test_hapnet_batched_inference_matches_one_by_one(tiny_cfg, mode):
+    """Inputs of one size run as one batch (whole mode), mixed sizes and slide windows apart:
+    each result equals the image run alone."""
+    torch.manual_seed(0)
+    tiny_cfg.TEST.MODE = mode
+    model = build_model(tiny_cfg).eval()
+    inputs = [_inputs(64, 64, seed=0), _inputs(64, 64, seed=1), _inputs(64, 96, seed=2)]
+    with torch.no_grad():
+        together = model(inputs)
+        alone = [model([x])[0] for x in inputs]
+    for a, b in zip(together, alone):
+        assert a["sem_seg"].shape == (tiny_cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, 24, 32)
+        torch.testing.assert_close(a["sem_seg"], b["sem_seg"], atol=1e-4, rtol=1e-4)

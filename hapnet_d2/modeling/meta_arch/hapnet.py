@@ -7,6 +7,7 @@ Inputs follow Detectron2's convention: a list of dicts, one per image, with
 - ``"height"``, ``"width"`` (optional): the output size (defaults to the input size).
 Outputs: ``[{"sem_seg": [K, height, width]}]`` class scores.
 """
+from collections import defaultdict
 from typing import Dict, List, Tuple
 
 import torch
@@ -159,7 +160,7 @@ class HAPNet(nn.Module):
         """
         if self.training:
             return self._losses(batched_inputs)
-        return [self._predict(x) for x in batched_inputs]
+        return self._predict(batched_inputs)
 
     def _losses(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
         rgb, thermal = self._batch(batched_inputs)
@@ -185,15 +186,27 @@ class HAPNet(nn.Module):
             losses["loss_aux"] = self.aux_loss_weight * self.aux_head.loss(self.aux_head(features["res2"]), gt)
         return losses
 
-    def _predict(self, x: Dict) -> Dict[str, torch.Tensor]:
-        rgb, thermal = self._normalised_pair(x)
-        height, width = rgb.shape[-2:]
-        if self.test_mode == "slide":
-            scores = self.slide_inference(rgb[None], thermal[None])[0]
-        else:
-            scores = self.whole_inference(rgb[None], thermal[None])[0]
-        out_h, out_w = x.get("height", height), x.get("width", width)
-        return {"sem_seg": sem_seg_postprocess(scores, (height, width), out_h, out_w)}
+    def _predict(self, batched_inputs: List[Dict]) -> List[Dict[str, torch.Tensor]]:
+        """Semantic scores of every input. In whole mode, inputs of the same size run as one
+        batch (test-time augmentation passes a flipped copy with each image); sliding windows
+        run image by image."""
+        pairs = [self._normalised_pair(x) for x in batched_inputs]
+        groups = defaultdict(list)  # input size -> indices
+        for i, (rgb, _) in enumerate(pairs):
+            groups[tuple(rgb.shape[-2:]) if self.test_mode == "whole" else i].append(i)
+        scores = [None] * len(pairs)
+        for indices in groups.values():
+            rgb = torch.stack([pairs[i][0] for i in indices])
+            thermal = torch.stack([pairs[i][1] for i in indices])
+            infer = self.whole_inference if self.test_mode == "whole" else self.slide_inference
+            for i, s in zip(indices, infer(rgb, thermal)):
+                scores[i] = s
+        results = []
+        for x, (rgb, _), s in zip(batched_inputs, pairs, scores):
+            height, width = rgb.shape[-2:]
+            out_h, out_w = x.get("height", height), x.get("width", width)
+            results.append({"sem_seg": sem_seg_postprocess(s, (height, width), out_h, out_w)})
+        return results
 
     @torch.no_grad()
     def whole_inference(self, rgb: torch.Tensor, thermal: torch.Tensor) -> torch.Tensor:
