@@ -18,6 +18,7 @@ from detectron2.data import DatasetCatalog
 
 import hapnet_d2  # noqa: F401  (registers the synthetic dataset)
 from hapnet_d2.config import get_hapnet_cfg
+from hapnet_d2.evaluation import report_dir
 from hapnet_d2.utils.runs import REPO_ROOT, load_results, train_and_evaluate
 
 TEST_SET = "synth_rgbt_test"
@@ -46,14 +47,14 @@ def main():
         sys.exit(f"quickstart: training failed with exit code {code}; see {out}/log.txt")
     cfg = get_hapnet_cfg(os.path.join(REPO_ROOT, args.config_file), args.opts)
     tta = cfg.TEST.AUG.ENABLED
-    reports = [("results.json", "inference", "Single-scale")]
+    reports = [("results.json", False, "Single-scale")]
     if tta:
-        reports.append(("results_TTA.json", "inference_TTA", "Test-time augmentation"))
-    for name, folder, title in reports:
-        report_dir = os.path.join(out, folder, TEST_SET)
-        shutil.copy(os.path.join(report_dir, "results.json"), os.path.join(out, name))
-        print(f"{title} evaluation ({report_dir}):")
-        with open(os.path.join(report_dir, "table.md")) as f:
+        reports.append(("results_TTA.json", True, "Test-time augmentation"))
+    for name, with_tta, title in reports:
+        folder = report_dir(out, TEST_SET, with_tta)
+        shutil.copy(os.path.join(folder, "results.json"), os.path.join(out, name))
+        print(f"{title} evaluation ({folder}):")
+        with open(os.path.join(folder, "table.md")) as f:
             print(f.read())
 
     examples = pick_examples(args.num_vis)

@@ -13,7 +13,7 @@ from detectron2.utils.logger import setup_logger
 
 from hapnet_d2.checkpoint import HAPNetCheckpointer
 from hapnet_d2.data import build_dataset_mapper
-from hapnet_d2.evaluation import build_rgbt_evaluator
+from hapnet_d2.evaluation import build_rgbt_evaluator, report_dir
 from hapnet_d2.solver import build_lr_scheduler, build_optimizer
 from hapnet_d2.test_time_augmentation import SemanticSegmentorWithTTA
 
@@ -115,7 +115,7 @@ class Trainer(DefaultTrainer):
             output_folder: where reports go; default ``OUTPUT_DIR/inference/<dataset_name>``.
         """
         if output_folder is None:
-            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+            output_folder = report_dir(cfg.OUTPUT_DIR, dataset_name)
         return build_rgbt_evaluator(cfg, dataset_name, output_folder)
 
     @classmethod
@@ -133,7 +133,7 @@ class Trainer(DefaultTrainer):
         model = SemanticSegmentorWithTTA(cfg, model)
         evaluators = [
             cls.build_evaluator(
-                cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA", name)
+                cfg, name, output_folder=report_dir(cfg.OUTPUT_DIR, name, tta=True)
             )
             for name in cfg.DATASETS.TEST
         ]

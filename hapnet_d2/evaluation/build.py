@@ -1,10 +1,19 @@
 """Choose the evaluator of a dataset from its metadata."""
 
+import os
+
 from detectron2.data import MetadataCatalog
 
 from .rgbt_sem_seg_evaluation import RGBTSemSegEvaluator
 
-__all__ = ["build_rgbt_evaluator"]
+__all__ = ["build_rgbt_evaluator", "report_dir"]
+
+
+def report_dir(output_dir: str, dataset_name: str, tta: bool = False) -> str:
+    """Where ``train_net.py`` writes the reports of ``dataset_name``:
+    ``output_dir/inference/<dataset_name>``, or ``output_dir/inference_TTA/<dataset_name>`` for
+    the evaluation with test-time augmentation."""
+    return os.path.join(output_dir, "inference_TTA" if tta else "inference", dataset_name)
 
 
 def build_rgbt_evaluator(cfg, dataset_name, output_folder):

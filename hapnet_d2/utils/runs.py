@@ -10,15 +10,17 @@ import subprocess
 import sys
 from typing import Dict, List, Sequence
 
+from hapnet_d2.evaluation import report_dir
+
 __all__ = ["REPO_ROOT", "train_and_evaluate", "load_results"]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def load_results(output_dir: str, dataset_name: str, tta: bool = False) -> Dict:
-    """The evaluator's ``results.json`` of ``dataset_name`` under ``output_dir/inference`` (or
-    ``output_dir/inference_TTA`` for the test-time augmented evaluation)."""
-    path = os.path.join(output_dir, "inference_TTA" if tta else "inference", dataset_name, "results.json")
+    """The evaluator's ``results.json`` of ``dataset_name`` in :func:`report_dir` (with test-time
+    augmentation if ``tta``)."""
+    path = os.path.join(report_dir(output_dir, dataset_name, tta), "results.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found: the evaluation of {dataset_name} did not run")
     with open(path) as f:

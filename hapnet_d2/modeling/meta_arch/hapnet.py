@@ -191,14 +191,15 @@ class HAPNet(nn.Module):
         batch (test-time augmentation passes a flipped copy with each image); sliding windows
         run image by image."""
         pairs = [self._normalised_pair(x) for x in batched_inputs]
-        groups = defaultdict(list)  # input size -> indices
+        whole = self.test_mode == "whole"
+        infer = self.whole_inference if whole else self.slide_inference
+        groups = defaultdict(list)  # whole: input size -> indices; slide: one group per input
         for i, (rgb, _) in enumerate(pairs):
-            groups[tuple(rgb.shape[-2:]) if self.test_mode == "whole" else i].append(i)
+            groups[tuple(rgb.shape[-2:]) if whole else i].append(i)
         scores = [None] * len(pairs)
         for indices in groups.values():
             rgb = torch.stack([pairs[i][0] for i in indices])
             thermal = torch.stack([pairs[i][1] for i in indices])
-            infer = self.whole_inference if self.test_mode == "whole" else self.slide_inference
             for i, s in zip(indices, infer(rgb, thermal)):
                 scores[i] = s
         results = []
