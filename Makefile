@@ -1,7 +1,9 @@
 # HAPNet-D2 developer commands. Every target installs into .venv first if needed (idempotent).
 PY := .venv/bin/python
-# spinning OpenMP waits are very slow when cores are shared (see README "Speed")
-export OMP_WAIT_POLICY ?= PASSIVE
+# OpenMP threads spin only briefly before they sleep, unless you chose a policy (README "Speed")
+ifeq ($(origin OMP_WAIT_POLICY)$(origin GOMP_SPINCOUNT),undefinedundefined)
+export GOMP_SPINCOUNT := 10000
+endif
 STAMP := .venv/.hapnet-installed
 
 .PHONY: install quickstart test test-fast synth-ablation clean

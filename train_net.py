@@ -15,10 +15,13 @@ Examples:
 import logging
 import os
 
-# OpenMP threads that spin while they wait make training many times slower as soon as the
-# cores are shared (data-loading workers, other jobs); a passive wait costs nothing on an idle
-# machine. Set OMP_WAIT_POLICY yourself to override. Must precede the first torch import.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# How long a waiting OpenMP thread spins before it sleeps. libgomp's default (~3 ms of spinning)
+# makes a 2-thread run 30x slower as soon as another job shares the cores; never spinning
+# (OMP_WAIT_POLICY=PASSIVE) makes every small op wait for a thread wake-up, 1.5x slower on an idle
+# machine. A short spin is close to the best of both (README "Speed"). Set OMP_WAIT_POLICY or
+# GOMP_SPINCOUNT yourself to choose. Must precede the first torch import.
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["GOMP_SPINCOUNT"] = "10000"
 
 from detectron2.engine import default_argument_parser, default_setup, hooks, launch
 from detectron2.evaluation import verify_results

@@ -21,7 +21,7 @@ its softmax and the normalisations stay in float32). With ``--json`` the last li
 one JSON object.
 
 On a machine shared with other jobs, set ``OMP_WAIT_POLICY=PASSIVE``: spinning OpenMP threads
-that wait for a descheduled peer made a 2-thread run 20x slower here (docs/speed.md).
+that wait for a descheduled peer made a 2-thread run 20x slower here (README "Speed").
 """
 import argparse
 import contextlib

@@ -1,7 +1,10 @@
-"""Command-line setup of train_net.py: the unsafe-checkpoint opt-in and the CPU fallback."""
+"""Command-line setup of train_net.py: the unsafe-checkpoint opt-in, the CPU fallback and the
+OpenMP wait default."""
 
 import importlib.util
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -36,3 +39,25 @@ def test_unsafe_checkpoints_are_opt_in(train_net, tmp_path):
 def test_cuda_falls_back_to_cpu(train_net, tmp_path):
     cfg = _setup(train_net, tmp_path, "MODEL.DEVICE", "cuda")
     assert cfg.MODEL.DEVICE == "cpu"
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({}, "10000"),  # nothing chosen: a short spin
+        ({"OMP_WAIT_POLICY": "PASSIVE"}, None),  # the user's policy is kept (a spin count would override it)
+        ({"GOMP_SPINCOUNT": "0"}, "0"),  # the user's spin count is kept
+    ],
+)
+def test_openmp_spin_default(env, expected):
+    """train_net.py bounds how long OpenMP threads spin unless the user chose a wait policy."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    code = (
+        "import os, runpy, sys\n"
+        f"runpy.run_path({os.path.join(REPO, 'train_net.py')!r}, run_name='train_net')\n"
+        "print(os.environ.get('GOMP_SPINCOUNT'))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip().splitlines()[-1] == str(expected)
