@@ -53,7 +53,7 @@ def test_openmp_spin_default(env, expected):
     """train_net.py bounds how long OpenMP threads spin unless the user chose a wait policy."""
     clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     code = (
-        "import os, runpy, sys\n"
+        "import os, runpy\n"
         f"runpy.run_path({os.path.join(REPO, 'train_net.py')!r}, run_name='train_net')\n"
         "print(os.environ.get('GOMP_SPINCOUNT'))\n"
     )
