@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""`make quickstart`: train and evaluate the tiny HAPNet on the built-in synthetic RGB-T data.
+"""`make quickstart` / `make quickstart-panoptic`: train and evaluate the tiny HAPNet on the
+built-in synthetic RGB-T data.
 
 Steps: generate the synthetic dataset if missing (on first use), train
 ``configs/synth/hapnet_tiny.yaml`` with ``train_net.py`` on the CPU (resuming if interrupted),
@@ -7,6 +8,10 @@ evaluate on ``synth_rgbt_test`` (day and night subsets too; also with test-time 
 the config enables ``TEST.AUG``), print the paper-style tables, copy ``results.json`` (and
 ``results_TTA.json``) to --output, write side-by-side visualisations of a few day and night test pairs
 with ``demo/demo.py``, and end with one line giving mIoU and night mIoU.
+
+``--task panoptic`` does the same with ``configs/synth/hapnet_tiny_panoptic.yaml`` on
+``synth_rgbt_panoptic_test``: PQ/SQ/RQ (all, things, stuff; day and night), COCO instance AP and the
+same model's mIoU, ending with one line ``quickstart-panoptic: synthetic test PQ ..., night PQ ...``.
 """
 import argparse
 import os
@@ -21,12 +26,16 @@ from hapnet_d2.config import get_hapnet_cfg
 from hapnet_d2.evaluation import report_dir
 from hapnet_d2.utils.runs import REPO_ROOT, load_results, train_and_evaluate
 
-TEST_SET = "synth_rgbt_test"
+TASKS = {
+    # task: (default config, test set, name in the final line)
+    "semantic": ("configs/synth/hapnet_tiny.yaml", "synth_rgbt_test", "quickstart"),
+    "panoptic": ("configs/synth/hapnet_tiny_panoptic.yaml", "synth_rgbt_panoptic_test", "quickstart-panoptic"),
+}
 
 
-def pick_examples(num_per_condition: int):
+def pick_examples(test_set: str, num_per_condition: int):
     """File names of the first test pairs by day and by night."""
-    dicts = DatasetCatalog.get(TEST_SET)
+    dicts = DatasetCatalog.get(test_set)
     picked = []
     for condition in ("day", "night"):
         picked += [d["file_name"] for d in dicts if d.get("condition") == condition][:num_per_condition]
@@ -35,44 +44,52 @@ def pick_examples(num_per_condition: int):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", default="output/quickstart")
-    parser.add_argument("--config-file", default="configs/synth/hapnet_tiny.yaml")
+    parser.add_argument("--task", choices=sorted(TASKS), default="semantic")
+    parser.add_argument("--output", default=None, help="default: output/<quickstart or quickstart-panoptic>")
+    parser.add_argument("--config-file", default=None, help="default: the tiny config of --task")
     parser.add_argument("--num-vis", type=int, default=2, help="visualised test pairs per condition")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args()
-    out = os.path.abspath(args.output)
+    default_config, test_set, name = TASKS[args.task]
+    config_file = args.config_file or default_config
+    out = os.path.abspath(args.output or os.path.join("output", name))
 
-    code = train_and_evaluate(args.config_file, out, args.opts)
+    code = train_and_evaluate(config_file, out, args.opts)
     if code != 0:
-        sys.exit(f"quickstart: training failed with exit code {code}; see {out}/log.txt")
-    cfg = get_hapnet_cfg(os.path.join(REPO_ROOT, args.config_file), args.opts)
+        sys.exit(f"{name}: training failed with exit code {code}; see {out}/log.txt")
+    cfg = get_hapnet_cfg(os.path.join(REPO_ROOT, config_file), args.opts)
     tta = cfg.TEST.AUG.ENABLED
     reports = [("results.json", False, "Single-scale")]
     if tta:
         reports.append(("results_TTA.json", True, "Test-time augmentation"))
     for name, with_tta, title in reports:
-        folder = report_dir(out, TEST_SET, with_tta)
+        folder = report_dir(out, test_set, with_tta)
         shutil.copy(os.path.join(folder, "results.json"), os.path.join(out, name))
         print(f"{title} evaluation ({folder}):")
         with open(os.path.join(folder, "table.md")) as f:
             print(f.read())
 
-    examples = pick_examples(args.num_vis)
+    examples = pick_examples(test_set, args.num_vis)
     vis_dir = os.path.join(out, "visualizations")
     subprocess.check_call(
-        [sys.executable, os.path.join(REPO_ROOT, "demo", "demo.py"), "--config-file", args.config_file,
-         "--rgbt", *examples, "--output", vis_dir, "--dataset-name", TEST_SET,
+        [sys.executable, os.path.join(REPO_ROOT, "demo", "demo.py"), "--config-file", config_file,
+         "--rgbt", *examples, "--output", vis_dir, "--dataset-name", test_set,
          "--opts", "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"), *args.opts],
         cwd=REPO_ROOT,
     )
-    single = summary(load_results(out, TEST_SET)["metrics"])
+    if args.task == "panoptic":
+        metrics = load_results(out, test_set)["metrics"]
+        print(f"{name}: synthetic test {panoptic_summary(metrics)}; results in {out}/results.json, "
+              f"visualisations in {vis_dir}")
+        return
+    single = summary(load_results(out, test_set)["metrics"])
     if tta:
         scales = "/".join(f"{s:g}" for s in cfg.TEST.AUG.SCALES) + (" + flip" if cfg.TEST.AUG.FLIP else "")
-        headline = f"{summary(load_results(out, TEST_SET, tta=True)['metrics'])} with test-time augmentation " \
+        headline = f"{summary(load_results(out, test_set, tta=True)['metrics'])} with test-time augmentation " \
                    f"(scales {scales}); single-scale {single}"
     else:
         headline = single
-    print(f"quickstart: synthetic test {headline}; results in {out}/results*.json, visualisations in {vis_dir}")
+    print(f"{name}: synthetic test {headline}; results in {out}/results*.json, visualisations in {vis_dir}")
 
 
 def summary(metrics) -> str:
@@ -80,6 +97,18 @@ def summary(metrics) -> str:
     night = metrics.get("sem_seg_night", {}).get("mIoU", float("nan"))
     day = metrics.get("sem_seg_day", {}).get("mIoU", float("nan"))
     return f"mIoU {metrics['sem_seg']['mIoU']:.1f}, night mIoU {night:.1f} (day {day:.1f})"
+
+
+def panoptic_summary(metrics) -> str:
+    """'PQ P, night PQ N (day D), PQ_th T, PQ_st S, AP A, mIoU M, night mIoU N' from the metrics of
+    the panoptic evaluation."""
+    nan = float("nan")
+    pq = metrics["panoptic_seg"]
+    night = metrics.get("panoptic_seg_night", {}).get("PQ", nan)
+    day = metrics.get("panoptic_seg_day", {}).get("PQ", nan)
+    ap = metrics.get("segm", {}).get("AP", nan)
+    return (f"PQ {pq['PQ']:.1f}, night PQ {night:.1f} (day {day:.1f}), PQ_th {pq['PQ_th']:.1f}, "
+            f"PQ_st {pq['PQ_st']:.1f}, SQ {pq['SQ']:.1f}, RQ {pq['RQ']:.1f}, mask AP {ap:.1f}; {summary(metrics)}")
 
 
 if __name__ == "__main__":

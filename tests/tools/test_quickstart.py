@@ -59,3 +59,37 @@ def test_ablation_table_rows():
     table = ablation.markdown_table([row]).splitlines()
     assert table[0].startswith("| Strategy | VFM | CSPD | car |")
     assert table[2] == "| D | RGB | RGB + T | 1.0 | 2.0 | 3.0 | 4.0 | 5.0 | 6.0 | 7.0 | 8.0 | 80.0 | 70.0 | 75.0 | 65.0 |"
+
+
+def test_panoptic_ablation_table_rows():
+    ablation = _load_tool("synth_ablation")
+    metrics = {
+        "panoptic_seg": {"PQ": 50.0, "PQ_th": 40.0, "PQ_st": 60.0, "SQ": 80.0, "RQ": 62.5},
+        "panoptic_seg_day": {"PQ": 55.0},
+        "panoptic_seg_night": {"PQ": 45.0},
+        "segm": {"AP": 30.0},
+        "sem_seg": {"mIoU": 70.0},
+        "sem_seg_night": {"mIoU": 65.0},
+    }
+    row = ablation.panoptic_strategy_row("E", {"metrics": metrics})
+    assert (row["vfm"], row["cspd"]) == ("RGB", "RGB")
+    assert (row["PQ"], row["PQ_night"], row["AP"], row["mIoU_night"]) == (50.0, 45.0, 30.0, 65.0)
+    table = ablation.panoptic_markdown_table([row]).splitlines()
+    assert table[0].startswith("| Strategy | VFM | CSPD | PQ | PQ_th | PQ_st |")
+    assert table[2] == "| E | RGB | RGB | 50.0 | 40.0 | 60.0 | 80.0 | 62.5 | 55.0 | 45.0 | 30.0 | 70.0 | 65.0 |"
+
+
+def test_quickstart_panoptic_summary_line():
+    quickstart = _load_tool("quickstart")
+    metrics = {
+        "panoptic_seg": {"PQ": 51.25, "PQ_th": 42.0, "PQ_st": 58.0, "SQ": 80.0, "RQ": 63.0},
+        "panoptic_seg_day": {"PQ": 55.0},
+        "panoptic_seg_night": {"PQ": 47.5},
+        "segm": {"AP": 31.0},
+        "sem_seg": {"mIoU": 72.0},
+        "sem_seg_day": {"mIoU": 73.0},
+        "sem_seg_night": {"mIoU": 71.0},
+    }
+    line = quickstart.panoptic_summary(metrics)
+    assert line.startswith("PQ 51.2, night PQ 47.5 (day 55.0), PQ_th 42.0, PQ_st 58.0")
+    assert line.endswith("mIoU 72.0, night mIoU 71.0 (day 73.0)")
