@@ -142,6 +142,17 @@ def add_hapnet_config(cfg):
     cfg.MODEL.MASK_FORMER.TRAIN_NUM_POINTS = 112 * 112
     cfg.MODEL.MASK_FORMER.OVERSAMPLE_RATIO = 3.0
     cfg.MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO = 0.75
+    # outputs at inference (Mask2Former's keys and defaults), all from the same queries
+    cfg.MODEL.MASK_FORMER.TEST = CN()
+    cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = True  # "sem_seg": [K, H, W] class scores
+    cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = False  # "instances": scored thing masks and boxes
+    cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = False  # "panoptic_seg": (segment ids [H, W], segments_info)
+    # panoptic: a query is kept only if its class score exceeds this (and it is not "no object")
+    cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = 0.8
+    # panoptic: a kept query must win at least this fraction of its own (sigmoid >= 0.5) mask
+    cfg.MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD = 0.8
+    # instances: (query, class) candidates per image, before keeping thing classes only
+    cfg.MODEL.MASK_FORMER.TEST.TEST_TOPK_PER_IMAGE = 100
 
     # ---------------------------------------------------------------- inference
     cfg.TEST.MODE = "slide"  # "slide" (sliding window) or "whole" (one pass, padded)

@@ -1,5 +1,6 @@
 """Test-time augmentation for RGB-thermal semantic segmentation: multi-scale and flip."""
 
+from contextlib import nullcontext
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -64,7 +65,8 @@ class SemanticSegmentorWithTTA(nn.Module):
 
         Returns:
             One dict per input with "sem_seg" ``[K, height, width]``: the mean of the model's
-            score maps over all scales and flips.
+            score maps over all scales and flips (semantic only, also when the model's panoptic
+            or instance output is on).
         """
         return [self._inference_one(inputs) for inputs in batched_inputs]
 
@@ -95,7 +97,9 @@ class SemanticSegmentorWithTTA(nn.Module):
         augmented = self._augmented_inputs(inputs)
         step = 2 if self.flip else 1  # a scale and its flipped copy go to the model together
         total = None
-        with torch.no_grad():
+        # panoptic / instance outputs are not averaged: ask a model that has them for sem_seg only
+        semantic_only = getattr(self.model, "semantic_only", None)
+        with torch.no_grad(), (semantic_only() if semantic_only is not None else nullcontext()):
             for start in range(0, len(augmented), step):
                 group = augmented[start : start + step]
                 outputs = self.model([aug for aug, _ in group])

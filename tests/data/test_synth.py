@@ -157,7 +157,7 @@ def test_ensure_is_safe_under_concurrency(tmp_path):
 
 def test_registered_split_is_generated_on_first_get(tmp_path, monkeypatch):
     names = [n for n in DatasetCatalog.list() if n.startswith("synth_rgbt_")]
-    assert set(names) == {f"synth_rgbt_{s}" for s in SPLITS}
+    assert set(names) == {f"synth_rgbt_{s}" for s in SPLITS} | {f"synth_rgbt_panoptic_{s}" for s in SPLITS}
     saved = {n: (DatasetCatalog[n], MetadataCatalog.get(n).as_dict()) for n in names}
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
     try:

@@ -1,10 +1,17 @@
 """Dataset mappers, looked up by ``cfg.INPUT.DATASET_MAPPER_NAME``."""
 
+from .rgbt_panoptic_dataset_mapper import RGBTPanopticDatasetMapper
 from .rgbt_semantic_dataset_mapper import RGBTSemanticDatasetMapper, ResizeToBaseScale
 
-__all__ = ["DATASET_MAPPERS", "RGBTSemanticDatasetMapper", "ResizeToBaseScale", "build_dataset_mapper"]
+__all__ = [
+    "DATASET_MAPPERS",
+    "RGBTPanopticDatasetMapper",
+    "RGBTSemanticDatasetMapper",
+    "ResizeToBaseScale",
+    "build_dataset_mapper",
+]
 
-DATASET_MAPPERS = {"rgbt_semantic": RGBTSemanticDatasetMapper}
+DATASET_MAPPERS = {"rgbt_semantic": RGBTSemanticDatasetMapper, "rgbt_panoptic": RGBTPanopticDatasetMapper}
 
 
 def build_dataset_mapper(cfg, is_train=True):

@@ -181,6 +181,14 @@ class RGBTSemanticDatasetMapper:
             "thermal_pad_value": cfg.MODEL.THERMAL_PIXEL_MEAN,
         }
 
+    def read(self, dataset_dict):
+        """RGB uint8 ``HxWx3``, thermal float32 and label uint8 ``HxW`` (or None) of a sample."""
+        return read_sample(dataset_dict)
+
+    def transform_annotations(self, dataset_dict, transforms):
+        """Hook for subclasses: apply the sample's geometric ``transforms`` (a
+        ``TransformList``) to further annotations of ``dataset_dict``, in place. Nothing here."""
+
     def __call__(self, dataset_dict):
         """
         Args:
@@ -190,7 +198,7 @@ class RGBTSemanticDatasetMapper:
             dict: the input entries plus ``image``, ``thermal`` and ``sem_seg`` tensors.
         """
         dataset_dict = copy.deepcopy(dataset_dict)
-        rgb, thermal, label = read_sample(dataset_dict)
+        rgb, thermal, label = self.read(dataset_dict)
         if dataset_dict.get("height") is None or dataset_dict.get("width") is None:
             dataset_dict["height"], dataset_dict["width"] = rgb.shape[:2]
         if label is None and self.is_train:
@@ -203,6 +211,7 @@ class RGBTSemanticDatasetMapper:
         if self.is_train:
             label = aug_input.sem_seg
         thermal = transforms.apply_image(thermal)
+        self.transform_annotations(dataset_dict, transforms)
         photometric_input = T.AugInput(rgb)
         self.photometric(photometric_input)
         rgb = photometric_input.image

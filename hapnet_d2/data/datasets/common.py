@@ -50,7 +50,9 @@ def strip_extension(name):
     return stem if ext.lower() in IMAGE_EXTENSIONS else name
 
 
-def register_rgbt_split(name, loader, *, stuff_classes, stuff_colors, has_day_night, **metadata):
+def register_rgbt_split(
+    name, loader, *, stuff_classes, stuff_colors, has_day_night, evaluator_type="rgbt_sem_seg", **metadata
+):
     """Register one lazily loaded RGB-T split with the metadata every split carries.
 
     Args:
@@ -59,6 +61,7 @@ def register_rgbt_split(name, loader, *, stuff_classes, stuff_colors, has_day_ni
         stuff_classes (list[str]): class names, index = class id.
         stuff_colors (list[list[int]]): RGB colour of each class.
         has_day_night (bool): whether the dicts carry a "day"/"night" ``condition``.
+        evaluator_type (str): "rgbt_sem_seg" or "rgbt_panoptic" (see ``hapnet_d2.evaluation``).
         metadata: further metadata (e.g. ``image_root``, ``sem_seg_root``).
     """
     if len(stuff_colors) != len(stuff_classes):
@@ -68,7 +71,7 @@ def register_rgbt_split(name, loader, *, stuff_classes, stuff_colors, has_day_ni
         stuff_classes=list(stuff_classes),
         stuff_colors=[list(c) for c in stuff_colors],
         ignore_label=IGNORE_LABEL,
-        evaluator_type="rgbt_sem_seg",
+        evaluator_type=evaluator_type,
         has_day_night=has_day_night,
         **metadata,
     )

@@ -19,6 +19,9 @@ class Canvas:
         glow (np.ndarray): float32 ``HxWx3``; light sources added at night (lamps, car lights).
         shade (np.ndarray): float32 ``HxW``; daylight shadows (multiplicative).
         background (np.ndarray or None): snapshot of ``albedo`` before any labelled object.
+        instance (np.ndarray): int32 ``HxW``; the object (see :meth:`begin_object`) whose
+            :meth:`paint` last set the pixel's label (0 = none). It changes exactly where
+            ``label`` changes, so each pixel's label belongs to one object, occlusion included.
     """
 
     def __init__(self, height, width):
@@ -32,6 +35,17 @@ class Canvas:
         self.glow = np.zeros((height, width, 3), np.float32)
         self.shade = np.ones((height, width), np.float32)
         self.background = None
+        self.instance = np.zeros((height, width), np.int32)
+        self._object = 0
+
+    def begin_object(self):
+        """Start a new object: later labelled :meth:`paint` calls belong to it.
+
+        Returns:
+            int: the object's id (1, 2, ... in drawing order).
+        """
+        self._object += 1
+        return self._object
 
     def mask(self, draw):
         """Rasterise a shape: ``draw(m)`` draws value 1 into a uint8 ``HxW`` array with cv2.
@@ -74,6 +88,7 @@ class Canvas:
             self.heat[mask] = heat
         if label is not None:
             self.label[mask] = label
+            self.instance[mask] = self._object
         self.hidden[mask] = night_offset is not None
         if night_offset is not None:
             self.night_offset[mask] = night_offset

@@ -54,7 +54,7 @@ class SynthSpec:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
-def _split_names(spec):
+def split_names(spec):
     """Image names per split: global indices from 1, alternating day (D) and night (N).
 
     Returns:
@@ -75,7 +75,7 @@ def _write_dataset(out_dir, spec):
     """Write all images, labels, split lists and, last, the meta file into ``out_dir``."""
     os.makedirs(os.path.join(out_dir, "images"))
     os.makedirs(os.path.join(out_dir, "labels"))
-    names = _split_names(spec)
+    names = split_names(spec)
     for split in ("train", "val", "test"):
         for index, name in names[split]:
             rng = np.random.default_rng([spec.seed, index])

@@ -3,20 +3,27 @@
 Warm classes (car, person, bike) carry a heat signature and a ``night_offset`` (they copy the
 background in night RGB); painted classes (curve, car_stop, guardrail, color_cone, bump) are
 reflective and keep the temperature of what is behind them.
+
+Every drawing function starts a new object on the canvas (:meth:`Canvas.begin_object`), so
+the canvas also knows which object each labelled pixel belongs to (a bike's rider is an object
+of its own). :data:`THING_CLASSES` are the classes whose objects are panoptic instances.
 """
 
 import numpy as np
 
 from .canvas import jitter
 
-__all__ = ["draw_objects"]
+__all__ = ["THING_CLASSES", "draw_objects"]
 
 # MFNet class ids
 UNLABELED, CAR, PERSON, BIKE, CURVE, CAR_STOP, GUARDRAIL, COLOR_CONE, BUMP = range(9)
+# countable objects, each drawn separately (every cone too); the other classes are stuff
+THING_CLASSES = (CAR, PERSON, BIKE, COLOR_CONE)
 
 
 def _draw_markings(cv, rng, road):
     """Lane edge lines, dashed centre lines and zebra crossings (class curve)."""
+    cv.begin_object()
     colour = (235, 235, 230) if rng.random() < 0.7 else (235, 200, 50)
 
     def min_half(t):  # half width in u: at least ~4 px wide
@@ -52,6 +59,7 @@ def _draw_markings(cv, rng, road):
 
 def _draw_bump(cv, rng, road):
     """A speed bump across the road: black band with yellow blocks (class bump)."""
+    cv.begin_object()
     t0 = rng.uniform(0.3, 0.85)
     t1 = t0 + max(0.06, 6.0 / (road.height - road.horizon))
     cv.paint(
@@ -67,6 +75,7 @@ def _draw_bump(cv, rng, road):
 
 def _draw_car_stop(cv, rng, road, t, u):
     """A wheel-stop block: a low wide yellow or concrete box with a lit top (class car_stop)."""
+    cv.begin_object()
     x, y, rw = road.x(u, t), road.y(t), road.width_at(t)
     bw, bh = max(18.0, rw * rng.uniform(0.12, 0.2)), max(8.0, rw * 0.055)
     front = jitter(rng, (225, 185, 40) if rng.random() < 0.6 else (175, 170, 160), 15)
@@ -82,6 +91,7 @@ def _draw_car_stop(cv, rng, road, t, u):
 
 def _draw_guardrail(cv, rng, road):
     """A guardrail along one road edge: grooved metal beam on posts (class guardrail)."""
+    cv.begin_object()
     u = -0.03 if rng.random() < 0.5 else 1.03
     t_start = rng.uniform(0.05, 0.4)
     metal = jitter(rng, (195, 200, 205), 20)
@@ -108,6 +118,7 @@ def _draw_guardrail(cv, rng, road):
 
 def _draw_cone(cv, rng, road, t, u):
     """A traffic cone: orange trapezoid with a white band on a dark base (class color_cone)."""
+    cv.begin_object()
     x, y = road.x(u, t), road.y(t)
     ch = max(14.0, road.width_at(t) * rng.uniform(0.1, 0.13))
     cw = 0.55 * ch
@@ -140,6 +151,7 @@ def _draw_cone(cv, rng, road, t, u):
 
 def _draw_car(cv, rng, road, t, u, night, ambient):
     """A car seen from behind or from the side (class car): warm wheels and engine."""
+    cv.begin_object()
     x, y, rw = road.x(u, t), road.y(t), road.width_at(t)
     side = rng.random() < 0.4
     cw = max(24.0, rw * rng.uniform(0.25, 0.35) * (1.5 if side else 1.0))
@@ -227,6 +239,7 @@ def _draw_car(cv, rng, road, t, u, night, ambient):
 
 def _draw_person(cv, rng, road, t, u, ambient, height=None):
     """A pedestrian: head, torso and two legs (class person), the warmest object."""
+    cv.begin_object()
     x, y = road.x(u, t), road.y(t)
     ph = height or max(18.0, road.width_at(t) * rng.uniform(0.17, 0.24))
     pw = 0.32 * ph
@@ -250,6 +263,7 @@ def _draw_person(cv, rng, road, t, u, ambient, height=None):
 
 def _draw_bike(cv, rng, road, t, u, ambient):
     """A bicycle (two wheels and a filled frame, class bike), ridden (person) most of the time."""
+    cv.begin_object()
     x, y = road.x(u, t), road.y(t)
     bw = max(22.0, road.width_at(t) * rng.uniform(0.18, 0.24))
     r = 0.25 * bw

@@ -6,7 +6,7 @@ import numpy as np
 from .canvas import Canvas, Road, jitter, smooth_field
 from .objects import draw_objects
 
-__all__ = ["render_sample"]
+__all__ = ["render_sample", "render_scene"]
 
 
 def _draw_background(cv, rng, road, night):
@@ -145,8 +145,8 @@ def _thermal(cv, rng):
     return heat + rng.normal(0.0, 3.0, heat.shape)
 
 
-def render_sample(rng, width=160, height=120, night=False):
-    """Draw one synthetic RGB-thermal street scene.
+def render_scene(rng, width=160, height=120, night=False):
+    """Draw one synthetic RGB-thermal street scene and say which object each pixel shows.
 
     Args:
         rng (np.random.Generator): source of all randomness.
@@ -158,6 +158,9 @@ def render_sample(rng, width=160, height=120, night=False):
         tuple:
             * rgbt (np.ndarray): uint8 ``HxWx4`` (R, G, B, thermal).
             * label (np.ndarray): uint8 ``HxW`` MFNet class ids 0..8.
+            * instance (np.ndarray): int32 ``HxW``, the drawn object whose label the pixel
+              shows (1, 2, ... in drawing order; 0 = background). Later objects cover
+              earlier ones exactly as in ``label``.
     """
     cv = Canvas(height, width)
     road = Road(rng, height, width)
@@ -165,4 +168,16 @@ def render_sample(rng, width=160, height=120, night=False):
     draw_objects(cv, rng, road, night, ambient)
     rgb = _night_rgb(cv, rng, road) if night else _day_rgb(cv, rng)
     rgbt = np.concatenate([rgb, _thermal(cv, rng)[..., None]], axis=2)
-    return np.clip(np.round(rgbt), 0, 255).astype(np.uint8), cv.label
+    return np.clip(np.round(rgbt), 0, 255).astype(np.uint8), cv.label, cv.instance
+
+
+def render_sample(rng, width=160, height=120, night=False):
+    """Draw one synthetic RGB-thermal street scene (:func:`render_scene` without instances).
+
+    Returns:
+        tuple:
+            * rgbt (np.ndarray): uint8 ``HxWx4`` (R, G, B, thermal).
+            * label (np.ndarray): uint8 ``HxW`` MFNet class ids 0..8.
+    """
+    rgbt, label, _ = render_scene(rng, width, height, night)
+    return rgbt, label
