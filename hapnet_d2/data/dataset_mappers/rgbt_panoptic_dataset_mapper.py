@@ -5,7 +5,7 @@ import torch
 from detectron2.structures import BitMasks, Instances
 
 from ..io import RGBTDataError
-from ..panoptic_format import VOID, read_panoptic_png, semantic_from_panoptic
+from ..panoptic_format import VOID, id2rgb, read_panoptic_png, rgb2id, semantic_from_panoptic
 from .rgbt_semantic_dataset_mapper import RGBTSemanticDatasetMapper
 
 __all__ = ["RGBTPanopticDatasetMapper"]
@@ -47,10 +47,10 @@ class RGBTPanopticDatasetMapper(RGBTSemanticDatasetMapper):
 
     def transform_annotations(self, dataset_dict, transforms):
         if "_pan_ids" in dataset_dict:
-            # as float32 (exact below 2^24, like every COCO panoptic id): Detectron2 resizes
-            # non-uint8 arrays with torch, which has no nearest-neighbour kernel for int32
-            ids = transforms.apply_segmentation(dataset_dict["_pan_ids"].astype(np.float32))
-            dataset_dict["_pan_ids"] = ids.astype(np.int32)
+            # transformed in its RGB encoding: a uint8 array takes the very nearest-neighbour path
+            # of the uint8 label map, so segments and labels stay aligned pixel for pixel
+            rgb = transforms.apply_segmentation(id2rgb(dataset_dict["_pan_ids"]))
+            dataset_dict["_pan_ids"] = rgb2id(rgb)
 
     def __call__(self, dataset_dict):
         """
