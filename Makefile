@@ -6,7 +6,7 @@ export GOMP_SPINCOUNT := 10000
 endif
 STAMP := .venv/.hapnet-installed
 
-.PHONY: install quickstart test test-fast synth-ablation clean
+.PHONY: install quickstart quickstart-panoptic test test-fast synth-ablation synth-ablation-panoptic clean
 
 $(STAMP): dev/install.sh setup.py
 	./dev/install.sh
@@ -17,6 +17,10 @@ install: $(STAMP)
 ## quickstart: generate the synthetic RGB-T data, train the tiny model on CPU, evaluate, visualise
 quickstart: install
 	$(PY) tools/quickstart.py --output output/quickstart
+
+## quickstart-panoptic: the same for panoptic + instance + semantic output (PQ/SQ/RQ by day and night, mask AP, mIoU)
+quickstart-panoptic: install
+	$(PY) tools/quickstart.py --task panoptic --output output/quickstart-panoptic
 
 ## test: the whole suite, slow end-to-end tests included
 test: install
@@ -29,6 +33,10 @@ test-fast: install
 ## synth-ablation: input strategies D / E / I of the paper's Table 5 on the synthetic data
 synth-ablation: install
 	$(PY) tools/synth_ablation.py --output output/synth_ablation
+
+## synth-ablation-panoptic: strategies D and E of the tiny panoptic model (PQ by day and night)
+synth-ablation-panoptic: install
+	$(PY) tools/synth_ablation.py --task panoptic --output output/synth_ablation_panoptic
 
 clean:
 	rm -rf output .pytest_cache
