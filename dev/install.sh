@@ -26,10 +26,13 @@ if ! "$PY" -c "import torch, torchvision; assert torch.__version__.startswith('2
   $PIP install -q torch==2.14.1 torchvision==0.29.1
 fi
 
-echo "[install] runtime dependencies"
-$PIP install -q "numpy<2" "opencv-python-headless<4.11" "timm>=1.0,<1.1" fvcore iopath pycocotools \
-  termcolor yacs tabulate cloudpickle tqdm "omegaconf<2.4" hydra-core matplotlib tensorboard \
-  pillow scipy pytest installer wheel setuptools
+# the tested versions: one place, requirements/constraints.txt
+CONSTRAINTS="$(pwd)/requirements/constraints.txt"
+
+echo "[install] runtime dependencies (versions from requirements/constraints.txt)"
+$PIP install -q -c "$CONSTRAINTS" numpy opencv-python-headless ml_dtypes timm fvcore iopath pycocotools \
+  termcolor yacs tabulate cloudpickle tqdm omegaconf hydra-core matplotlib tensorboard packaging \
+  pillow scipy panopticapi-lite scikit-image onnx onnxruntime onnxscript pytest installer wheel setuptools
 
 if ! has detectron2; then
   echo "[install] detectron2 (sal-detectron2==0.7.2 wheel, upstream Python sources of 2024-08)"
