@@ -15,6 +15,11 @@ from .register_mfnet import (
     register_all_mfnet,
     register_mfnet_dataset,
 )
+from .register_panoptic import (
+    register_converted_panoptic,
+    register_rgbt_panoptic_split,
+    register_rgbx_panoptic_dataset,
+)
 from .register_nyuv2 import NYU40_CLASSES, NYU_SPLITS, load_nyuv2_split, register_all_nyuv2
 from .register_pst900 import PST900_CLASSES, PST900_SPLITS, load_pst900_split, register_all_pst900
 from .register_rgbx import load_rgbx_split, register_rgbx_dataset
@@ -37,6 +42,8 @@ __all__ = [
     "register_all",
     "register_mfnet_dataset",
     "register_rgbx_dataset",
+    "register_rgbt_panoptic_split",
+    "register_rgbx_panoptic_dataset",
 ]
 
 # per layout format: (loader(root, split), class names, splits checked by default)
@@ -49,12 +56,24 @@ DATASET_FORMATS = {
 }
 
 
+# datasets whose semantic labels datasets/prepare_panoptic_from_semantic.py converts:
+# format -> (folder under the datasets root, name prefix, splits, has day/night)
+PANOPTIC_FROM_SEMANTIC = {
+    "mfnet": ("MFNet", "mfnet_rgbt", MFNET_SPLITS, True),
+    "kp": ("KP", "kp_rgbt", KP_SPLITS, True),
+    "pst900": ("PST900", "pst900_rgbt", PST900_SPLITS, False),
+}
+
+
 def register_all(root):
-    """Register MFNet, PST900, KP Day-Night and NYU-Depth V2 under ``root``."""
+    """Register MFNet, PST900, KP Day-Night and NYU-Depth V2 under ``root``, and the panoptic
+    versions (``<name>_panoptic_<split>``) of those converted to panoptic labels."""
     register_all_mfnet(root)
     register_all_pst900(root)
     register_all_kp(root)
     register_all_nyuv2(root)
+    for fmt, (folder, prefix, splits, has_day_night) in PANOPTIC_FROM_SEMANTIC.items():
+        register_converted_panoptic(prefix, os.path.join(root, folder), splits, DATASET_FORMATS[fmt][0], has_day_night)
 
 
 register_all(os.getenv("DETECTRON2_DATASETS", "datasets"))

@@ -19,7 +19,12 @@ from ..io import RGBTDataError
 from ..panoptic_format import LABEL_DIVISOR, read_panoptic_json
 from .common import IMAGE_EXTENSIONS, find_image, register_rgbt_split, strip_extension
 
-__all__ = ["merge_panoptic_annotations", "register_rgbt_panoptic_split", "register_rgbx_panoptic_dataset"]
+__all__ = [
+    "merge_panoptic_annotations",
+    "register_converted_panoptic",
+    "register_rgbt_panoptic_split",
+    "register_rgbx_panoptic_dataset",
+]
 
 
 def category_maps(categories):
@@ -162,3 +167,32 @@ def register_rgbx_panoptic_dataset(
         has_day_night=has_day_night,
         image_root=rgb_root,
     )
+
+
+def register_converted_panoptic(prefix, root, splits, load_split, has_day_night, **metadata):
+    """Register ``<prefix>_panoptic_<split>`` for every split whose converted panoptic JSON
+    (``datasets/prepare_panoptic_from_semantic.py``: ``root/panoptic/panoptic_<split>.json``)
+    exists, e.g. ``mfnet_rgbt_panoptic_test``. Categories (and so which classes are things) come
+    from the JSON.
+
+    Args:
+        prefix (str): the semantic datasets' name prefix, e.g. ``"mfnet_rgbt"``.
+        root (str): the dataset folder.
+        splits (list[str]): candidate splits.
+        load_split (callable): ``load_split(root, split)`` -> RGB-T dataset dicts.
+        has_day_night (bool): whether the dicts carry a day/night ``condition``.
+    """
+    pan_root = os.path.join(root, "panoptic")
+    for split in splits:
+        path = os.path.join(pan_root, f"panoptic_{split}.json")
+        if not os.path.isfile(path):
+            continue
+        register_rgbt_panoptic_split(
+            f"{prefix}_panoptic_{split}",
+            lambda split=split: load_split(root, split),
+            panoptic_json=path,
+            panoptic_root=pan_root,
+            categories=read_panoptic_json(path)["categories"],
+            has_day_night=has_day_night,
+            **metadata,
+        )
