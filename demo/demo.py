@@ -16,6 +16,7 @@ the demo with a one-line message naming the file and exit code 1.
 """
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -32,6 +33,7 @@ from hapnet_d2.checkpoint import CheckpointError
 from hapnet_d2.config import get_hapnet_cfg
 from hapnet_d2.data import RGBTDataError, read_rgbt
 from hapnet_d2.data.datasets import DATASET_FORMATS
+from hapnet_d2.data.panoptic_format import segments_info_of, write_panoptic_png
 
 # errors caused by the user's files: reported in one line, exit code 1
 INPUT_ERRORS = (RGBTDataError, CheckpointError, FileNotFoundError)
@@ -158,15 +160,43 @@ def collect_samples(parser: argparse.ArgumentParser, args: argparse.Namespace):
     return samples
 
 
+def write_panoptic(output_dir: str, name: str, panoptic, metadata) -> None:
+    """Write ``<name>_panoptic.png`` (COCO panoptic ids, ``R + 256 G + 256^2 B``) and
+    ``<name>_panoptic.json`` (a COCO panoptic prediction: ``annotations`` with this image's
+    ``segments_info`` in the dataset's category ids, and ``categories``)."""
+    ids, segments = panoptic
+    isthing = {s["id"]: bool(s["isthing"]) for s in segments}
+    contiguous = {s["id"]: int(s["category_id"]) for s in segments}
+    to_dataset = {v: k for k, v in metadata.get("stuff_dataset_id_to_contiguous_id", {}).items()}
+    png = f"{name}_panoptic.png"
+    write_panoptic_png(os.path.join(output_dir, png), ids)
+    info = [
+        dict(s, category_id=to_dataset.get(contiguous[s["id"]], contiguous[s["id"]] + 1), isthing=isthing[s["id"]])
+        for s in segments_info_of(ids, lambda i: 0)
+    ]
+    names = list(metadata.stuff_classes)
+    things = set(metadata.get("thing_classes", []))
+    categories = [
+        {"id": to_dataset.get(i, i + 1), "name": n, "isthing": int(n in things), "color": list(metadata.stuff_colors[i])}
+        for i, n in enumerate(names)
+    ]
+    with open(os.path.join(output_dir, f"{name}_panoptic.json"), "w") as f:
+        json.dump({"annotations": [{"image_id": name, "file_name": png, "segments_info": info}],
+                   "categories": categories}, f, indent=1)
+
+
 def run_on_images(demo: RGBTVisualizationDemo, samples, output_dir: str, logger) -> None:
-    """Write ``<name>_panel.png`` and ``<name>_label.png`` for every sample."""
+    """Write ``<name>_panel.png`` and ``<name>_label.png`` for every sample, and the panoptic
+    PNG + JSON when the model gives panoptic output."""
     for name, dataset_dict in tqdm.tqdm(samples, desc="pairs", disable=len(samples) < 2):
         rgb, thermal = read_rgbt(dataset_dict)
         start = time.perf_counter()
-        label, panel = demo.run_on_pair(rgb, thermal)
+        result = demo.predict_and_draw(rgb, thermal)
         logger.info(f"{name}: {rgb.shape[1]}x{rgb.shape[0]} in {time.perf_counter() - start:.2f}s")
-        Image.fromarray(panel).save(os.path.join(output_dir, f"{name}_panel.png"))
-        Image.fromarray(label).save(os.path.join(output_dir, f"{name}_label.png"))
+        Image.fromarray(result["panel"]).save(os.path.join(output_dir, f"{name}_panel.png"))
+        Image.fromarray(result["label"]).save(os.path.join(output_dir, f"{name}_label.png"))
+        if result["panoptic"] is not None:
+            write_panoptic(output_dir, name, result["panoptic"], demo.metadata)
 
 
 def run_on_video(demo: RGBTVisualizationDemo, args: argparse.Namespace, logger) -> None:

@@ -19,7 +19,7 @@ import hapnet_d2  # noqa: F401  registers the model and the datasets
 from hapnet_d2.checkpoint import HAPNetCheckpointer
 from hapnet_d2.data import RGBTDataError, ResizeToBaseScale
 from hapnet_d2.test_time_augmentation import SemanticSegmentorWithTTA
-from hapnet_d2.utils.visualizer import draw_panel
+from hapnet_d2.utils.visualizer import draw_panel, draw_panoptic_panel, stack_panels
 
 __all__ = ["RGBTPredictor", "RGBTVisualizationDemo", "PairedVideoReader"]
 
@@ -74,12 +74,23 @@ class RGBTPredictor:
 
     def __call__(self, rgb: np.ndarray, thermal: np.ndarray) -> torch.Tensor:
         """
+        Args: as :meth:`predict`.
+
+        Returns:
+            torch.Tensor: ``[K, H, W]`` float class scores on the CPU.
+        """
+        return self.predict(rgb, thermal)["sem_seg"]
+
+    def predict(self, rgb: np.ndarray, thermal: np.ndarray) -> dict:
+        """
         Args:
             rgb: ``HxWx3`` uint8 image in RGB order.
             thermal: ``HxW``, ``HxWx1`` or ``HxWx3`` (X modality such as HHA) on a 0-255 scale.
 
         Returns:
-            torch.Tensor: ``[K, H, W]`` float class scores on the CPU.
+            dict: ``"sem_seg"`` ``[K, H, W]`` float class scores on the CPU, and, when the config
+            turns them on (``MODEL.MASK_FORMER.TEST.PANOPTIC_ON`` / ``INSTANCE_ON``),
+            ``"panoptic_seg"`` ``(ids [H, W] int32, segments_info)`` and ``"instances"``.
         """
         _check_pair(rgb, thermal)
         height, width = rgb.shape[:2]
@@ -94,7 +105,14 @@ class RGBTPredictor:
             "width": width,
         }
         with torch.inference_mode():
-            return self.model([inputs])[0]["sem_seg"].float().cpu()
+            outputs = self.model([inputs])[0]
+        result = {"sem_seg": outputs["sem_seg"].float().cpu()}
+        if "panoptic_seg" in outputs:
+            ids, segments = outputs["panoptic_seg"]
+            result["panoptic_seg"] = (ids.cpu(), segments)
+        if "instances" in outputs:
+            result["instances"] = outputs["instances"].to("cpu")
+        return result
 
 
 class RGBTVisualizationDemo:
@@ -117,6 +135,7 @@ class RGBTVisualizationDemo:
                 f"predicts {num_classes} (MODEL.SEM_SEG_HEAD.NUM_CLASSES)"
             )
         self.alpha = alpha
+        self.metadata = metadata
         self.predictor = RGBTPredictor(cfg)
 
     def run_on_pair(self, rgb: np.ndarray, thermal: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -129,9 +148,29 @@ class RGBTVisualizationDemo:
             tuple: ``label`` (``HxW`` uint8 class ids) and ``panel`` (uint8 RGB image, see
             :func:`hapnet_d2.utils.visualizer.draw_panel`).
         """
-        label = self.predictor(rgb, thermal).argmax(dim=0).to(torch.uint8).numpy()
+        result = self.predict_and_draw(rgb, thermal)
+        return result["label"], result["panel"]
+
+    def predict_and_draw(self, rgb: np.ndarray, thermal: np.ndarray) -> dict:
+        """
+        Args: as :meth:`run_on_pair`.
+
+        Returns:
+            dict: ``label`` and ``panel`` as :meth:`run_on_pair` (the panel also shows panoptic
+            and instance output, on RGB and on thermal, when the model gives them), and
+            ``panoptic`` (``(ids HxW int32 array, segments_info)`` or None).
+        """
+        outputs = self.predictor.predict(rgb, thermal)
+        label = outputs["sem_seg"].argmax(dim=0).to(torch.uint8).numpy()
         panel = draw_panel(rgb, thermal, label, self.class_names, self.colors, alpha=self.alpha)
-        return label, panel
+        panoptic = None
+        if "panoptic_seg" in outputs:
+            ids, segments = outputs["panoptic_seg"]
+            panoptic = (ids.numpy().astype(np.int32), [dict(s) for s in segments])
+            below = draw_panoptic_panel(rgb, thermal, panoptic, outputs.get("instances"), self.class_names,
+                                        self.colors, alpha=self.alpha)
+            panel = stack_panels(panel, below)
+        return {"label": label, "panel": panel, "panoptic": panoptic}
 
     def run_on_video(self, video: "PairedVideoReader") -> Iterator[np.ndarray]:
         """

@@ -174,3 +174,87 @@ def draw_panel(
     scale = _font_scale(size[0])
     row = np.concatenate([_titled(image, title, scale) for title, image in tiles], axis=1)
     return np.concatenate([row, draw_legend(row.shape[1], class_names, colors, scale)], axis=0)
+
+
+def _display_metadata(class_names: Sequence[str], colors: Sequence[Sequence[int]]):
+    """Metadata for Detectron2's ``Visualizer`` in which thing and stuff ids are the same
+    contiguous class ids (HAPNet's panoptic and instance outputs use one id space)."""
+    from detectron2.data.catalog import Metadata
+
+    names, cols = list(class_names), [tuple(int(v) for v in c) for c in colors]
+    return Metadata(name="hapnet_display", thing_classes=names, stuff_classes=names,
+                    thing_colors=cols, stuff_colors=cols)
+
+
+def draw_panoptic(image: np.ndarray, panoptic_ids: np.ndarray, segments_info, class_names, colors,
+                  alpha: float = 0.5) -> np.ndarray:
+    """Panoptic segments over an image with Detectron2's ``Visualizer``: stuff in its class
+    colour, each thing instance in a shade of its class colour with its outline and name.
+
+    Args:
+        image: ``HxWx3`` uint8 RGB.
+        panoptic_ids: ``HxW`` int segment ids (0 = void); segments_info: ``{"id", "isthing",
+            "category_id"}`` with contiguous class ids.
+
+    Returns:
+        np.ndarray: ``HxWx3`` uint8 RGB.
+    """
+    import torch
+    from detectron2.utils.visualizer import ColorMode, Visualizer
+
+    vis = Visualizer(image, _display_metadata(class_names, colors), instance_mode=ColorMode.IMAGE)
+    vis._default_font_size = max(6, image.shape[0] // 40)
+    out = vis.draw_panoptic_seg(torch.as_tensor(np.asarray(panoptic_ids)), list(segments_info), alpha=alpha)
+    return out.get_image()
+
+
+def draw_instances(image: np.ndarray, instances, class_names, colors, score_threshold: float = 0.5) -> np.ndarray:
+    """Instance predictions scoring at least ``score_threshold`` (outlined masks, class and
+    score) over an image with Detectron2's ``Visualizer``.
+
+    Args:
+        image: ``HxWx3`` uint8 RGB; instances: Detectron2 ``Instances`` (``pred_masks``,
+            ``pred_boxes``, ``scores``, ``pred_classes``) of the image's size.
+    """
+    from detectron2.utils.visualizer import ColorMode, Visualizer
+
+    vis = Visualizer(image, _display_metadata(class_names, colors), instance_mode=ColorMode.IMAGE)
+    vis._default_font_size = max(6, image.shape[0] // 40)
+    instances = instances.to("cpu")
+    instances = instances[instances.scores >= score_threshold]
+    return vis.draw_instance_predictions(instances).get_image()
+
+
+def draw_panoptic_panel(rgb, thermal, panoptic, instances, class_names, colors, alpha: float = 0.5) -> np.ndarray:
+    """Rows of titled tiles: panoptic over RGB | panoptic over thermal, and (if given)
+    instances over RGB | instances over thermal.
+
+    Args:
+        rgb: ``HxWx3`` uint8; thermal: ``HxW[x1|x3]`` 0-255; panoptic: ``(ids [H, W],
+            segments_info)``; instances: Detectron2 ``Instances`` or None.
+
+    Returns:
+        np.ndarray: uint8 RGB, ``2 * W`` wide.
+    """
+    scale = _font_scale(rgb.shape[0])
+    grey = thermal_to_rgb(thermal)
+    ids, segments = panoptic
+    rows = [[("panoptic on RGB", draw_panoptic(rgb, ids, segments, class_names, colors, alpha)),
+             ("panoptic on thermal", draw_panoptic(grey, ids, segments, class_names, colors, alpha))]]
+    if instances is not None:
+        rows.append([("instances on RGB", draw_instances(rgb, instances, class_names, colors)),
+                     ("instances on thermal", draw_instances(grey, instances, class_names, colors))])
+    return np.concatenate(
+        [np.concatenate([_titled(image, title, scale) for title, image in row], axis=1) for row in rows], axis=0
+    )
+
+
+def stack_panels(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
+    """``top`` above ``bottom``, the narrower one padded on the right with the background."""
+    width = max(top.shape[1], bottom.shape[1])
+
+    def pad(image):
+        extra = np.full((image.shape[0], width - image.shape[1], 3), _BACKGROUND, dtype=np.uint8)
+        return np.concatenate([image, extra], axis=1)
+
+    return np.concatenate([pad(top), pad(bottom)], axis=0)
