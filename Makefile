@@ -8,7 +8,8 @@ STAMP := .venv/.hapnet-installed
 
 .PHONY: install quickstart quickstart-panoptic test test-fast synth-ablation synth-ablation-panoptic clean
 
-$(STAMP): dev/install.sh setup.py
+$(STAMP): dev/install.sh dev/check_python.sh setup.py requirements/constraints.txt
+	@dev/check_python.sh "$$( [ -x $(PY) ] && echo $(PY) || echo $${PYTHON:-python3} )"
 	./dev/install.sh
 	touch $(STAMP)
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs HAPNet-D2 and its dependencies into .venv, skipping what is already present.
-# The route is the one verified in ../shared/DESIGN.md s.1 (torch 2.14.1 from local disk,
+# The route: torch 2.14.1 (CUDA build, runs on CPU too),
 # detectron2 from the sal-detectron2 PyPI wheel, torch-ms-deform-attn compiled against torch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,9 @@ import importlib, sys
 importlib.import_module(sys.argv[1])
 PYEOF
 }
+
+# the Python version first, before anything is created or downloaded (one line, exit 1)
+if [ -x "$PY" ]; then dev/check_python.sh "$PY" || exit 1; else dev/check_python.sh "$PYTHON_BIN" || exit 1; fi
 
 if [ ! -x "$PY" ]; then
   echo "[install] creating $VENV"
@@ -41,10 +44,15 @@ if ! has detectron2; then
   "$PY" -m installer "$TMP"/sal_detectron2-0.7.2-*.whl
   rm -rf "$TMP"
 fi
+# the wheel declares black (never imported): installed so that `pip check` stays clean
+$PIP install -q -c "$CONSTRAINTS" black
 
 if ! has torch_ms_deform_attn; then
   echo "[install] torch-ms-deform-attn (compiles the C++ op against the installed torch, ~30 s)"
-  $PIP install -q --no-build-isolation torch-ms-deform-attn==0.1.1
+  # optional: if the build fails, the PyTorch (grid_sample) path takes over; warn, do not abort
+  if ! $PIP install -q --no-build-isolation -c "$CONSTRAINTS" torch-ms-deform-attn >"$VENV/ms-deform-attn-build.log" 2>&1; then
+    echo "[install] WARNING: building torch-ms-deform-attn failed (log: $VENV/ms-deform-attn-build.log); HAPNet-D2 uses the slower PyTorch deformable attention instead"
+  fi
 fi
 
 if ! $PIP show -q hapnet_d2 >/dev/null 2>&1; then

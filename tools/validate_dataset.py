@@ -12,9 +12,15 @@ class. Each problem (unreadable or truncated image, missing thermal or label, si
 mismatch, wrong channel count, label id outside the class range and not 255, empty split
 list, listed names without files) is printed with the file it concerns; the exit code is
 then 1, else 0. Without ``--split`` the format's usual splits are checked.
+
+``--panoptic-json J [--panoptic-root D]`` (with ``--split``) also checks COCO panoptic labels
+of the split: missing or unreadable PNGs, a PNG whose size differs from its image, ids in
+the PNG without a segment in the JSON (and segments absent from the PNG), unknown category
+ids, images of the split without an annotation; each named with its file.
 """
 
 import argparse
+import os
 import sys
 from collections import Counter
 
@@ -22,6 +28,7 @@ import numpy as np
 
 from hapnet_d2.data.datasets import DATASET_FORMATS
 from hapnet_d2.data.io import IGNORE_LABEL, RGBTDataError, read_sample
+from hapnet_d2.data.panoptic_format import VOID, read_panoptic_json, read_panoptic_png
 
 
 def validate_split(dataset_dicts, num_classes):
@@ -60,6 +67,53 @@ def validate_split(dataset_dicts, num_classes):
     return sizes, counts, problems
 
 
+def validate_panoptic(dataset_dicts, panoptic_json, panoptic_root):
+    """Check the COCO panoptic labels of a split against its JSON and its images.
+
+    Args:
+        dataset_dicts (list[dict]): the split's (semantic) dataset dicts.
+        panoptic_json (str): the split's COCO panoptic JSON.
+        panoptic_root (str): folder of the panoptic PNGs.
+
+    Returns:
+        list: ``(file, reason)`` problems.
+    """
+    try:
+        data = read_panoptic_json(panoptic_json)
+    except RGBTDataError as e:
+        return [(e.path, e.reason)]
+    known = {c.get("id") for c in data["categories"]}
+    anns = {str(a["image_id"]): a for a in data["annotations"]}
+    problems = []
+    for d in dataset_dicts:
+        ann = anns.get(str(d["image_id"]))
+        if ann is None:
+            problems.append((panoptic_json, f"no annotation for image {d['image_id']!r}"))
+            continue
+        png = os.path.join(panoptic_root, ann["file_name"])
+        try:
+            ids = read_panoptic_png(png)
+        except RGBTDataError as e:
+            problems.append((e.path, e.reason))
+            continue
+        if d.get("height") is not None and ids.shape != (d["height"], d["width"]):
+            problems.append((png, f"size {ids.shape[1]}x{ids.shape[0]} (WxH) differs from the "
+                             f"image {d['file_name']} ({d['width']}x{d['height']})"))
+            continue
+        listed = {s["id"]: s for s in ann["segments_info"]}
+        unknown = sorted({s["category_id"] for s in listed.values()} - known)
+        if unknown:
+            problems.append((panoptic_json, f"{ann['file_name']}: unknown category ids {unknown}"))
+        present = {int(i) for i in np.unique(ids)} - {VOID}
+        if present - set(listed):
+            problems.append((png, f"segment ids {sorted(present - set(listed))} not in the JSON's "
+                             "segments_info"))
+        if set(listed) - present:
+            problems.append((png, f"segments {sorted(set(listed) - present)} of the JSON are not "
+                             "in the PNG"))
+    return problems
+
+
 def _load(args, split):
     loader, _, _ = DATASET_FORMATS[args.format]
     if args.format == "rgbx":
@@ -77,6 +131,9 @@ def _report_split(args, split, class_names):
     if not dicts:
         return [(f"{args.root} ({split})", "empty split list")]
     sizes, counts, problems = validate_split(dicts, len(class_names))
+    if args.panoptic_json:
+        root = args.panoptic_root or os.path.dirname(args.panoptic_json)
+        problems += validate_panoptic(dicts, args.panoptic_json, root)
     print(f"samples: {len(dicts)} ({len(dicts) - len(problems)} readable)")
     for (h, w), n in sorted(sizes.items()):
         print(f"image size {w}x{h} (WxH): {n}")
@@ -95,7 +152,11 @@ def parse_args(argv=None):
     parser.add_argument("--num-classes", type=int, help="rgbx only: number of classes")
     parser.add_argument("--x-channels", type=int, default=1, choices=(1, 3), help="rgbx only")
     parser.add_argument("--x-max", type=float, help="rgbx only: raw X value mapped to 255")
+    parser.add_argument("--panoptic-json", help="also check this COCO panoptic JSON (one split)")
+    parser.add_argument("--panoptic-root", help="its PNG folder (default: the JSON's folder)")
     args = parser.parse_args(argv)
+    if args.panoptic_json and args.split is None:
+        parser.error("--panoptic-json needs --split")
     if args.format == "rgbx" and (args.num_classes is None or args.split is None):
         parser.error("--format rgbx needs --num-classes and --split")
     return args

@@ -1,6 +1,6 @@
 """Optimiser with layer-wise learning-rate decay, and the warm-up + poly lr schedule.
 
-The recipe is the one of the reference configuration (DESIGN.md s.3): AdamW with a learning rate
+The recipe is the one of the reference configuration (the authors' reference recipe): AdamW with a learning rate
 that decays layer by layer over the ViT's depth ``L``. Every parameter gets a layer id and the
 lr scale ``LAYER_DECAY_RATE ** (L + 1 - layer_id)``:
 

@@ -14,7 +14,7 @@ from fvcore.nn.jit_handles import get_shape
 
 __all__ = ["COMPONENTS", "component_of", "parameters_by_component", "flops_by_component", "flop_counter"]
 
-# component -> parameter/module name prefixes (as in DESIGN.md s.2's accounting)
+# component -> parameter/module name prefixes (the reference accounting)
 COMPONENTS = OrderedDict(
     [
         ("VFM", ["backbone.vfm."]),

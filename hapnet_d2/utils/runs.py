@@ -14,7 +14,23 @@ from hapnet_d2.evaluation import report_dir
 
 __all__ = ["REPO_ROOT", "train_and_evaluate", "load_results"]
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _find_checkout() -> str:
+    """The checkout holding ``train_net.py`` and ``configs/``: beside the package (editable
+    install), else above the running script (``<checkout>/tools/x.py`` with a non-editable
+    install), else the working directory."""
+    candidates = [os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))]
+    if sys.argv and sys.argv[0]:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.abspath(sys.argv[0]))))
+    candidates.append(os.getcwd())
+    for root in candidates:
+        if os.path.isfile(os.path.join(root, "train_net.py")) and os.path.isdir(os.path.join(root, "configs")):
+            return root
+    return candidates[-1]
+
+
+REPO_ROOT = _find_checkout()
 
 
 def load_results(output_dir: str, dataset_name: str, tta: bool = False) -> Dict:

@@ -130,3 +130,46 @@ def test_missing_thermal_for_separate_layout(tmp_path, capsys):
 def test_missing_list_file(tmp_path, capsys):
     code, out = _run(capsys, "--format", "kp", "--root", str(tmp_path), "--split", "val")
     assert code == 1 and f"{tmp_path / 'val.txt'}: split list does not exist" in out
+
+
+def _synth_panoptic(tmp_path):
+    from hapnet_d2.data.synth import SynthSpec, ensure_synth_dataset
+    from hapnet_d2.data.synth.panoptic import ensure_synth_panoptic
+
+    root = tmp_path / "synth_rgbt"
+    ensure_synth_dataset(str(root), SynthSpec(seed=2, num_train=2, num_val=0, num_test=2))
+    ensure_synth_panoptic(str(root))
+    return root, root / "panoptic" / "panoptic_train.json"
+
+
+@pytest.mark.parametrize("problem", ["clean", "extra_id", "unknown_category", "missing_png", "size"])
+def test_panoptic_labels_checked_and_named(tmp_path, capsys, problem):
+    import json
+
+    root, pan_json = _synth_panoptic(tmp_path)
+    png = root / "panoptic" / "00001D.png"
+    data = json.loads(pan_json.read_text())
+    if problem == "extra_id":
+        rgb = np.array(Image.open(png))
+        rgb[0, 0] = (7, 1, 0)  # id 263, listed nowhere
+        Image.fromarray(rgb).save(png)
+        expect = (str(png), "segment ids [263] not in the JSON")
+    elif problem == "unknown_category":
+        data["annotations"][0]["segments_info"][0]["category_id"] = 77
+        pan_json.write_text(json.dumps(data))
+        expect = (str(pan_json), "unknown category ids [77]")
+    elif problem == "missing_png":
+        png.unlink()
+        expect = (str(png), "does not exist")
+    elif problem == "size":
+        Image.fromarray(np.zeros((5, 8, 3), np.uint8)).save(png)
+        expect = (str(png), "differs from the image")
+    args = ["--format", "mfnet", "--root", str(root), "--split", "train",
+            "--panoptic-json", str(pan_json)]  # fmt: skip
+    code, out = _run(capsys, *args)
+    if problem == "clean":
+        assert code == 0 and out.rstrip().endswith("OK"), out
+        return
+    assert code == 1
+    report = out.split("PROBLEMS", 1)[1]
+    assert any(expect[0] in line and expect[1] in line for line in report.splitlines()), out

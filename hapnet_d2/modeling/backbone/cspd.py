@@ -190,7 +190,7 @@ _RESNET_LAYER = re.compile(r"^layer([1-4])\.")  # ResNet family (1-based)
 
 def cspd_layer_id(name: str) -> Optional[int]:
     """
-    Layer id of a CSPD parameter for layer-wise lr decay (DESIGN.md s.3: CNN stage ``i`` (0..3)
+    Layer id of a CSPD parameter for layer-wise lr decay (the reference recipe: CNN stage ``i`` (0..3)
     -> ``i + 1``, downsampling layers -> 0), for every encoder family the CSPD builds:
 
     * ConvNeXt (``convnext{,_thermal}.``): ``stem.*`` and ``stages.{i}.downsample.*`` -> 0,
