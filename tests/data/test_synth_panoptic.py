@@ -122,3 +122,16 @@ def test_panoptic_mapper_keeps_instances_aligned_with_the_labels(synth_root):
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
+
+
+def test_dataset_without_panoptic_labels_gains_identical_ones(synth_root, tmp_path):
+    """A synthetic dataset generated before panoptic labels existed: its scenes are re-drawn
+    from their seeds, giving the very files that generation writes."""
+    import shutil
+
+    old = str(tmp_path / "synth_rgbt")
+    ensure_synth_dataset(old, TINY)
+    shutil.rmtree(os.path.join(old, "panoptic"))
+    ensure_synth_panoptic(old)
+    assert _hash_tree(old, "panoptic") == _hash_tree(synth_root, "panoptic")
+    assert [n for n in os.listdir(old) if n.startswith(".")] == []  # no temporary folder left

@@ -12,7 +12,8 @@ import time
 import cv2
 import numpy as np
 
-from .scene import render_sample
+from .panoptic import PANOPTIC_DIRNAME, PanopticWriter
+from .scene import render_scene
 
 __all__ = ["SynthSpec", "generate_dataset", "ensure_synth_dataset", "is_complete", "main"]
 
@@ -72,17 +73,24 @@ def split_names(spec):
 
 
 def _write_dataset(out_dir, spec):
-    """Write all images, labels, split lists and, last, the meta file into ``out_dir``."""
+    """Write all images, labels, panoptic labels, split lists and, last, the meta file into
+    ``out_dir``."""
     os.makedirs(os.path.join(out_dir, "images"))
     os.makedirs(os.path.join(out_dir, "labels"))
+    from ..datasets.register_mfnet import MFNET_CLASSES, MFNET_COLORS  # (the package imports this one)
+
     names = split_names(spec)
+    panoptic = PanopticWriter(os.path.join(out_dir, PANOPTIC_DIRNAME), MFNET_CLASSES, MFNET_COLORS)
     for split in ("train", "val", "test"):
         for index, name in names[split]:
             rng = np.random.default_rng([spec.seed, index])
-            rgbt, label = render_sample(rng, spec.width, spec.height, night=name.endswith("N"))
+            night = name.endswith("N")
+            rgbt, label, instance = render_scene(rng, spec.width, spec.height, night=night)
             # OpenCV writes B,G,R,A order: swap so the file holds R,G,B,thermal
             cv2.imwrite(os.path.join(out_dir, "images", name + ".png"), rgbt[..., [2, 1, 0, 3]])
             cv2.imwrite(os.path.join(out_dir, "labels", name + ".png"), label)
+            panoptic.add(name, label, instance, "night" if night else "day")
+    panoptic.finish({split: [n for _, n in names[split]] for split in SPLITS})
     for split in SPLITS:
         with open(os.path.join(out_dir, split + ".txt"), "w") as f:
             f.writelines(name + "\n" for _, name in names[split])
