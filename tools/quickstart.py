@@ -62,9 +62,9 @@ def main():
     reports = [("results.json", False, "Single-scale")]
     if tta:
         reports.append(("results_TTA.json", True, "Test-time augmentation"))
-    for name, with_tta, title in reports:
+    for report, with_tta, title in reports:
         folder = report_dir(out, test_set, with_tta)
-        shutil.copy(os.path.join(folder, "results.json"), os.path.join(out, name))
+        shutil.copy(os.path.join(folder, "results.json"), os.path.join(out, report))
         print(f"{title} evaluation ({folder}):")
         with open(os.path.join(folder, "table.md")) as f:
             print(f.read())
