@@ -102,13 +102,15 @@ def summary(metrics) -> str:
 def panoptic_summary(metrics) -> str:
     """'PQ P, night PQ N (day D), PQ_th T, PQ_st S, AP A, mIoU M, night mIoU N' from the metrics of
     the panoptic evaluation."""
-    nan = float("nan")
+    def f(value):  # undefined values (no thing or stuff present) are null in results.json
+        return "-" if value is None else f"{value:.1f}"
+
     pq = metrics["panoptic_seg"]
-    night = metrics.get("panoptic_seg_night", {}).get("PQ", nan)
-    day = metrics.get("panoptic_seg_day", {}).get("PQ", nan)
-    ap = metrics.get("segm", {}).get("AP", nan)
-    return (f"PQ {pq['PQ']:.1f}, night PQ {night:.1f} (day {day:.1f}), PQ_th {pq['PQ_th']:.1f}, "
-            f"PQ_st {pq['PQ_st']:.1f}, SQ {pq['SQ']:.1f}, RQ {pq['RQ']:.1f}, mask AP {ap:.1f}; {summary(metrics)}")
+    night = metrics.get("panoptic_seg_night", {}).get("PQ")
+    day = metrics.get("panoptic_seg_day", {}).get("PQ")
+    ap = metrics.get("segm", {}).get("AP")
+    return (f"PQ {f(pq['PQ'])}, night PQ {f(night)} (day {f(day)}), PQ_th {f(pq.get('PQ_th'))}, "
+            f"PQ_st {f(pq.get('PQ_st'))}, SQ {f(pq['SQ'])}, RQ {f(pq['RQ'])}, mask AP {f(ap)}; {summary(metrics)}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import tempfile
 from collections import OrderedDict
 
 import numpy as np
+import torch
 from detectron2.evaluation import COCOPanopticEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
@@ -180,7 +181,10 @@ class RGBTPanopticEvaluator(COCOPanopticEvaluator):
                     f"{input['file_name']}: panoptic prediction {tuple(ids.shape)} but the "
                     f"image is {expected}"
                 )
-            segments_info = [dict(s) for s in segments_info] if segments_info is not None else None
+            if segments_info is not None:
+                # a listed segment without pixels would stop panopticapi ("not presented in PNG")
+                present = set(torch.unique(torch.as_tensor(ids)).tolist())
+                segments_info = [dict(s) for s in segments_info if s["id"] in present]
             super().process([input], [{"panoptic_seg": (ids, segments_info)}])
             # one PNG per image id (file names of different folders may repeat)
             self._predictions[-1]["file_name"] = f"{len(self._conditions):06d}.png"
@@ -283,6 +287,3 @@ class RGBTPanopticEvaluator(COCOPanopticEvaluator):
         ``segments_info``) of this process, for the report's example PNG."""
         return self._predictions[:limit]
 
-
-def _unused():  # pragma: no cover - keeps numpy imported for type hints in docs
-    return np
