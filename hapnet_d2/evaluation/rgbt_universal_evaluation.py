@@ -20,6 +20,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
+from .reports import _json_safe
 from .rgbt_instance_evaluation import RGBTInstanceEvaluator
 from .rgbt_panoptic_evaluation import RGBTPanopticEvaluator
 from .rgbt_sem_seg_evaluation import RGBTSemSegEvaluator
@@ -65,13 +66,6 @@ def panoptic_table(results, class_names, thing_classes, num_images):
             ]) + " |"
         )
     return "\n".join(lines) + "\n"
-
-
-def _json_safe(value):
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    value = float(value)
-    return None if math.isnan(value) else value
 
 
 def _write_pq_png(path, results, class_names):

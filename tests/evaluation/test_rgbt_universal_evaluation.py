@@ -10,7 +10,7 @@ from detectron2.structures import Boxes, Instances
 from PIL import Image
 
 from hapnet_d2.data.datasets.register_synth import register_synth_panoptic_dataset
-from hapnet_d2.data.panoptic_format import id2rgb, read_panoptic_png
+from hapnet_d2.data.panoptic_format import read_panoptic_png
 from hapnet_d2.data.synth import SynthSpec, ensure_synth_dataset
 from hapnet_d2.evaluation import RGBTUniversalEvaluator
 from hapnet_d2.evaluation.rgbt_instance_evaluation import coco_mask_ap

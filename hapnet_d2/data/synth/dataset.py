@@ -72,24 +72,39 @@ def split_names(spec):
     return names
 
 
+def draw_scenes(spec):
+    """Draw every image of a dataset from its seed, in index order.
+
+    Yields:
+        tuple: ``(name, night, rgbt, label, instance)`` as :func:`render_scene` returns them.
+    """
+    names = split_names(spec)
+    for split in ("train", "val", "test"):
+        for index, name in names[split]:
+            rng = np.random.default_rng([spec.seed, index])
+            night = name.endswith("N")
+            yield (name, night, *render_scene(rng, spec.width, spec.height, night=night))
+
+
+def new_panoptic_writer(pan_dir):
+    """A :class:`PanopticWriter` of the synthetic dataset's (MFNet's) classes into ``pan_dir``."""
+    from ..datasets.register_mfnet import MFNET_CLASSES, MFNET_COLORS  # (the package imports this one)
+
+    return PanopticWriter(pan_dir, MFNET_CLASSES, MFNET_COLORS)
+
+
 def _write_dataset(out_dir, spec):
     """Write all images, labels, panoptic labels, split lists and, last, the meta file into
     ``out_dir``."""
     os.makedirs(os.path.join(out_dir, "images"))
     os.makedirs(os.path.join(out_dir, "labels"))
-    from ..datasets.register_mfnet import MFNET_CLASSES, MFNET_COLORS  # (the package imports this one)
-
     names = split_names(spec)
-    panoptic = PanopticWriter(os.path.join(out_dir, PANOPTIC_DIRNAME), MFNET_CLASSES, MFNET_COLORS)
-    for split in ("train", "val", "test"):
-        for index, name in names[split]:
-            rng = np.random.default_rng([spec.seed, index])
-            night = name.endswith("N")
-            rgbt, label, instance = render_scene(rng, spec.width, spec.height, night=night)
-            # OpenCV writes B,G,R,A order: swap so the file holds R,G,B,thermal
-            cv2.imwrite(os.path.join(out_dir, "images", name + ".png"), rgbt[..., [2, 1, 0, 3]])
-            cv2.imwrite(os.path.join(out_dir, "labels", name + ".png"), label)
-            panoptic.add(name, label, instance, "night" if night else "day")
+    panoptic = new_panoptic_writer(os.path.join(out_dir, PANOPTIC_DIRNAME))
+    for name, night, rgbt, label, instance in draw_scenes(spec):
+        # OpenCV writes B,G,R,A order: swap so the file holds R,G,B,thermal
+        cv2.imwrite(os.path.join(out_dir, "images", name + ".png"), rgbt[..., [2, 1, 0, 3]])
+        cv2.imwrite(os.path.join(out_dir, "labels", name + ".png"), label)
+        panoptic.add(name, label, instance, "night" if night else "day")
     panoptic.finish({split: [n for _, n in names[split]] for split in SPLITS})
     for split in SPLITS:
         with open(os.path.join(out_dir, split + ".txt"), "w") as f:

@@ -139,24 +139,19 @@ def _render_panoptic(out_dir, root, spec):
     into ``out_dir``; the labels drawn must equal the ones on disk."""
     import cv2
 
-    from ..datasets.register_mfnet import MFNET_CLASSES, MFNET_COLORS
-    from .dataset import SPLITS, split_names
-    from .scene import render_scene
+    from .dataset import SPLITS, draw_scenes, new_panoptic_writer, split_names
 
-    writer = PanopticWriter(out_dir, MFNET_CLASSES, MFNET_COLORS)
+    writer = new_panoptic_writer(out_dir)
     names = split_names(spec)
-    for split in ("train", "val", "test"):
-        for index, name in names[split]:
-            rng = np.random.default_rng([spec.seed, index])
-            _, label, instance = render_scene(rng, spec.width, spec.height, night=name.endswith("N"))
-            label_path = os.path.join(root, "labels", f"{name}.png")
-            on_disk = cv2.imread(label_path, cv2.IMREAD_UNCHANGED)
-            if on_disk is None or on_disk.shape != label.shape or not np.array_equal(on_disk, label):
-                raise RuntimeError(
-                    f"{label_path}: differs from the scene drawn for it by {spec}; the dataset at "
-                    f"{root} was not made by this generator version: delete it to regenerate"
-                )
-            writer.add(name, label, instance, "night" if name.endswith("N") else "day")
+    for name, night, _, label, instance in draw_scenes(spec):
+        label_path = os.path.join(root, "labels", f"{name}.png")
+        on_disk = cv2.imread(label_path, cv2.IMREAD_UNCHANGED)
+        if on_disk is None or on_disk.shape != label.shape or not np.array_equal(on_disk, label):
+            raise RuntimeError(
+                f"{label_path}: differs from the scene drawn for it by {spec}; the dataset at "
+                f"{root} was not made by this generator version: delete it to regenerate"
+            )
+        writer.add(name, label, instance, "night" if night else "day")
     writer.finish({split: [n for _, n in names[split]] for split in SPLITS})
 
 
