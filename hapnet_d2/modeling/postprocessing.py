@@ -120,10 +120,8 @@ def instance_inference(
     top_labels = labels[top_indices]
     masks = mask_pred[top_indices // num_classes].float()
     if has_stuff:
-        is_thing = torch.tensor(
-            [int(c) in {int(i) for i in thing_ids} for c in top_labels], dtype=torch.bool,
-            device=mask_cls.device,
-        )
+        things = torch.tensor(sorted({int(i) for i in thing_ids}), dtype=top_labels.dtype, device=top_labels.device)
+        is_thing = torch.isin(top_labels, things)
         top_scores, top_labels, masks = top_scores[is_thing], top_labels[is_thing], masks[is_thing]
 
     result = Instances(tuple(mask_pred.shape[-2:]))
