@@ -11,8 +11,15 @@ videos, ``<name>_panel.mp4``. Examples::
     python demo/demo.py --config-file CFG --input-dir datasets/MFNet --layout mfnet --output out/
     python demo/demo.py --config-file CFG --video-rgb v.mp4 --video-thermal v_ir.mp4 --output out/
 
-A bad input file (unreadable, corrupt, wrong channel count, RGB and thermal sizes differ) stops
-the demo with a one-line message naming the file and exit code 1.
+A bad input file (unreadable, corrupt, wrong channel count, RGB and thermal sizes differ) or a
+checkpoint that does not fit the model stops the demo with a one-line message naming the file
+and exit code 1; a config key typo in --opts or an empty MODEL.WEIGHTS without --random-weights
+with one line and exit code 2.
+
+16-bit thermal images (raw camera counts) are stretched per image from their 1st to 99th
+percentile by default (a one-line notice says so), unless the config sets
+INPUT.THERMAL_SCALING; --thermal-scaling full|fixed|percentile, --thermal-range MIN MAX and
+--thermal-percentiles LOW HIGH choose. 8-bit thermal is always divided by 255.
 """
 
 import argparse
@@ -30,8 +37,9 @@ from PIL import Image
 from predictor import PairedVideoReader, RGBTVisualizationDemo
 
 from hapnet_d2.checkpoint import CheckpointError
-from hapnet_d2.config import get_hapnet_cfg
+from hapnet_d2.config import get_hapnet_cfg_or_exit
 from hapnet_d2.data import RGBTDataError, read_rgbt
+from hapnet_d2.data.io import THERMAL_SCALING_MODES, ThermalScaling, ThermalStats
 from hapnet_d2.data.datasets import DATASET_FORMATS
 from hapnet_d2.data.panoptic_format import segments_info_of, write_panoptic_png
 
@@ -78,6 +86,34 @@ def get_parser() -> argparse.ArgumentParser:
         "same as MODEL.ALLOW_UNSAFE_CHECKPOINTS True",
     )
     parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="predict with randomly initialised weights when MODEL.WEIGHTS is empty (for testing "
+        "the pipeline only; without this flag an empty MODEL.WEIGHTS is refused)",
+    )
+    parser.add_argument(
+        "--thermal-scaling",
+        choices=THERMAL_SCALING_MODES,
+        help="how 16-bit thermal becomes 0-255: full (divide by 65535), fixed (--thermal-range), "
+        "percentile (per image, --thermal-percentiles). Default: the config's "
+        "INPUT.THERMAL_SCALING if it is not full, else percentile",
+    )
+    parser.add_argument(
+        "--thermal-range",
+        nargs=2,
+        type=float,
+        metavar=("MIN", "MAX"),
+        help="raw 16-bit counts mapped to 0 and 255 (implies --thermal-scaling fixed)",
+    )
+    parser.add_argument(
+        "--thermal-percentiles",
+        nargs=2,
+        type=float,
+        metavar=("LOW", "HIGH"),
+        help="per-image percentiles mapped to 0 and 255, default 1 99 (implies --thermal-scaling "
+        "percentile)",
+    )
+    parser.add_argument(
         "--opts",
         default=[],
         nargs=argparse.REMAINDER,
@@ -103,13 +139,57 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--input-dir needs --layout")
     if bool(args.video_rgb) != bool(args.video_thermal):
         parser.error("--video-rgb and --video-thermal go together")
+    implied = ("fixed" if args.thermal_range else None) or ("percentile" if args.thermal_percentiles else None)
+    if args.thermal_range and args.thermal_percentiles:
+        parser.error("--thermal-range (fixed) and --thermal-percentiles (percentile) exclude each other")
+    if implied and args.thermal_scaling not in (None, implied):
+        parser.error(f"--thermal-{'range' if implied == 'fixed' else 'percentiles'} needs "
+                     f"--thermal-scaling {implied}, got {args.thermal_scaling}")
 
 
 def setup_cfg(args: argparse.Namespace):
-    """Frozen config: defaults -> ``--config-file`` -> ``--opts`` (as in train_net.py)."""
-    cfg = get_hapnet_cfg(args.config_file, args.opts, args.allow_unsafe_checkpoint)
+    """Frozen config: defaults -> ``--config-file`` -> ``--opts`` (as in train_net.py); a config
+    error is one line ``error: ...`` and exit code 2."""
+    cfg = get_hapnet_cfg_or_exit(args.config_file, args.opts, args.allow_unsafe_checkpoint)
     cfg.freeze()
     return cfg
+
+
+def check_weights(args: argparse.Namespace, cfg) -> None:
+    """Refuse an empty ``MODEL.WEIGHTS`` unless ``--random-weights`` (one line, exit code 2)."""
+    if not cfg.MODEL.WEIGHTS and not args.random_weights:
+        print(
+            f"error: MODEL.WEIGHTS is empty in {args.config_file} and --opts: give a checkpoint "
+            "(--opts MODEL.WEIGHTS model_final.pth), or --random-weights to try the demo with "
+            "random weights",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
+def thermal_scaling_of(parser: argparse.ArgumentParser, args: argparse.Namespace, cfg):
+    """The scaling of 16-bit thermal: the command line's, else the config's when it is not
+    ``"full"``, else a per-image percentile stretch.
+
+    Returns:
+        tuple: ``(ThermalScaling, announce)``; ``announce`` is True for the demo's own default,
+        which is announced when the first 16-bit thermal image is met.
+    """
+    mode = args.thermal_scaling or ("fixed" if args.thermal_range else None) or (
+        "percentile" if args.thermal_percentiles else None
+    )
+    announce = mode is None and cfg.INPUT.THERMAL_SCALING == "full"
+    if mode is None:
+        mode = "percentile" if announce else cfg.INPUT.THERMAL_SCALING
+    try:
+        scaling = ThermalScaling(
+            mode,
+            args.thermal_range or cfg.INPUT.THERMAL_RANGE,
+            args.thermal_percentiles or cfg.INPUT.THERMAL_PERCENTILES,
+        )
+    except ValueError as e:
+        parser.error(str(e))
+    return scaling, announce
 
 
 def dataset_metadata(parser: argparse.ArgumentParser, args: argparse.Namespace, cfg):
@@ -185,11 +265,19 @@ def write_panoptic(output_dir: str, name: str, panoptic, metadata) -> None:
                    "categories": categories}, f, indent=1)
 
 
-def run_on_images(demo: RGBTVisualizationDemo, samples, output_dir: str, logger) -> None:
+def run_on_images(demo: RGBTVisualizationDemo, samples, output_dir: str, logger, thermal_scaling=None,
+                  announce_scaling: bool = False) -> None:
     """Write ``<name>_panel.png`` and ``<name>_label.png`` for every sample, and the panoptic
-    PNG + JSON when the model gives panoptic output."""
+    PNG + JSON when the model gives panoptic output. ``thermal_scaling`` scales 16-bit thermal;
+    with ``announce_scaling`` a one-line notice names it at the first 16-bit thermal image."""
+    stats = ThermalStats()
     for name, dataset_dict in tqdm.tqdm(samples, desc="pairs", disable=len(samples) < 2):
-        rgb, thermal = read_rgbt(dataset_dict)
+        rgb, thermal = read_rgbt(dataset_dict, thermal_scaling, stats)
+        if announce_scaling and stats.bit_depths[16]:
+            low, high = thermal_scaling.percentiles
+            logger.info(f"16-bit thermal ({name}): each image is stretched, percentiles {low:g}-{high:g} -> 0-255 "
+                        "(--thermal-scaling full|fixed|percentile to choose)")
+            announce_scaling = False
         start = time.perf_counter()
         result = demo.predict_and_draw(rgb, thermal)
         logger.info(f"{name}: {rgb.shape[1]}x{rgb.shape[0]} in {time.perf_counter() - start:.2f}s")
@@ -228,10 +316,12 @@ def main(argv=None) -> int:
     parser = get_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)
-    for name in ("fvcore", "predictor"):
+    for name in ("fvcore", "predictor", "hapnet_d2"):
         setup_logger(name=name)
     logger = setup_logger(name="hapnet_demo")
     cfg = setup_cfg(args)
+    check_weights(args, cfg)
+    scaling, announce = thermal_scaling_of(parser, args, cfg)
     metadata = dataset_metadata(parser, args, cfg)
     try:
         samples = None if args.video_rgb else collect_samples(parser, args)
@@ -243,7 +333,7 @@ def main(argv=None) -> int:
         if samples is None:
             run_on_video(demo, args, logger)
         else:
-            run_on_images(demo, samples, args.output, logger)
+            run_on_images(demo, samples, args.output, logger, scaling, announce)
     except INPUT_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

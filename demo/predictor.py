@@ -61,10 +61,8 @@ class RGBTPredictor:
         if weights:
             if not PathManager.isfile(PathManager.get_local_path(weights)):
                 raise FileNotFoundError(f"{weights}: MODEL.WEIGHTS checkpoint does not exist")
-            checkpointer = HAPNetCheckpointer(
-                self.model, allow_unsafe=cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS
-            )
-            checkpointer.load(weights)
+            # refuses a file that leaves much of the model unloaded (MODEL.ALLOW_PARTIAL_WEIGHTS)
+            HAPNetCheckpointer.for_inference(self.model, cfg).load(weights)
         else:
             logger.warning("MODEL.WEIGHTS is empty: predicting with randomly initialised weights.")
         if cfg.TEST.AUG.ENABLED:

@@ -3,10 +3,21 @@
 Every key HAPNet adds to Detectron2's config lives here, with its meaning. YAML files under
 ``configs/`` only override these defaults (``_BASE_`` chains), as in Mask2Former.
 """
+import difflib
 import logging
+import os
+import re
+import sys
 
 import torch
+import yaml
 from detectron2.config import CfgNode as CN
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong: unknown key, wrong value type, missing or invalid
+    file. The message is one line naming the file (or the override) and, for an unknown key,
+    the closest valid key."""
 
 
 def add_hapnet_config(cfg):
@@ -34,6 +45,14 @@ def add_hapnet_config(cfg):
     cfg.INPUT.COLOR_AUG_SSD = False
     # pad training batches to a multiple of this (-1: none)
     cfg.INPUT.SIZE_DIVISIBILITY = -1
+    # how 16-bit thermal images (raw camera counts) become the 0-255 scale (hapnet_d2.data.io;
+    # 8-bit thermal is always divided by 255, or by the dataset's thermal_max):
+    # "full": divide by the dataset's thermal_max, else by 65535; "fixed": INPUT.THERMAL_RANGE
+    # (min, max) counts -> 0-255, clipped; "percentile": per image, the INPUT.THERMAL_PERCENTILES
+    # (low, high) percentiles -> 0-255, clipped (what a camera's automatic gain control does)
+    cfg.INPUT.THERMAL_SCALING = "full"
+    cfg.INPUT.THERMAL_RANGE = (0.0, 65535.0)  # "fixed": raw counts mapped to 0 and 255
+    cfg.INPUT.THERMAL_PERCENTILES = (1.0, 99.0)  # "percentile": low/high percentiles, in [0, 100]
 
     # ---------------------------------------------------------------- normalisation
     # RGB: /255 then ImageNet mean/std, expressed on the 0-255 scale (Detectron2 convention)
@@ -60,6 +79,10 @@ def add_hapnet_config(cfg):
     cfg.MODEL.HAPNET.VFM_KWARGS = CN(new_allowed=True)
     # local checkpoint (timm state dict or official BEiT/BEiTv2 .pth); "" = random init
     cfg.MODEL.HAPNET.VFM_WEIGHTS = ""
+    # how VFM_WEIGHTS' relative-position tables (made for another window, e.g. 224) are resized
+    # to the crop's window, both on BEiT's geometric grid: "bicubic" (the official BEiT/HAPNet
+    # loader: a bicubic interpolating spline) or "linear" (timm's default)
+    cfg.MODEL.HAPNET.VFM_REL_POS_RESIZE = "bicubic"
     # cross-modal spatial prior descriptor: a timm ConvNeXt
     cfg.MODEL.HAPNET.CSPD_NAME = "convnext_small"
     cfg.MODEL.HAPNET.CSPD_DROP_PATH = 0.3
@@ -164,6 +187,15 @@ def add_hapnet_config(cfg):
     cfg.TEST.AUG.FLIP = True
     # write a confusion-matrix PNG and paper-style tables next to results.json
     cfg.TEST.WRITE_REPORTS = True
+    # which checkpoint of a training run is tested and reported on DATASETS.TEST:
+    # "val": evaluate DATASETS.VAL every TEST.EVAL_PERIOD iterations (and at the end), keep the
+    #   best val mIoU as model_best.pth, then test that one (needs a val split);
+    # "test": the paper's protocol (the authors' code validates on the test split every epoch and
+    #   keeps the best): evaluate DATASETS.TEST periodically and report the best test mIoU;
+    # "last": test the final model (evaluations every TEST.EVAL_PERIOD on DATASETS.TEST)
+    cfg.TEST.MODEL_SELECTION = "last"
+    # the validation split(s) for TEST.MODEL_SELECTION "val" (one dataset name)
+    cfg.DATASETS.VAL = ()
 
     # ---------------------------------------------------------------- solver
     cfg.SOLVER.OPTIMIZER = "ADAMW"
@@ -183,6 +215,11 @@ def add_hapnet_config(cfg):
     cfg.SOLVER.AMP.DTYPE = "auto"
     # refuse checkpoints that need pickle code execution unless this is True
     cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS = False
+    # inference (demo, --eval-only): refuse MODEL.WEIGHTS when more than this fraction of the
+    # model's parameter values would stay unloaded (missing or wrong shape in the file)
+    cfg.MODEL.WEIGHTS_MAX_UNLOADED_FRACTION = 0.01
+    # True: load a checkpoint that fits only part of the model (e.g. a backbone-only file)
+    cfg.MODEL.ALLOW_PARTIAL_WEIGHTS = False
 
 
 def get_hapnet_cfg(config_file: str, opts=(), allow_unsafe_checkpoints: bool = False):
@@ -190,16 +227,127 @@ def get_hapnet_cfg(config_file: str, opts=(), allow_unsafe_checkpoints: bool = F
 
     The one way every entry point (train_net.py, demo, tools, tests) builds its config. A
     config asking for CUDA on a machine without a GPU is switched to the CPU.
+
+    Args:
+        config_file: YAML file (with optional ``_BASE_`` chain).
+        opts: overrides ``[KEY, VALUE, KEY, VALUE, ...]`` (values as strings or Python values).
+        allow_unsafe_checkpoints: set ``MODEL.ALLOW_UNSAFE_CHECKPOINTS True``.
+
+    Raises:
+        ConfigError: missing or invalid file, unknown key (the message gives the closest valid
+            key), value of the wrong type, odd number of overrides.
     """
     from detectron2.config import get_cfg
 
     cfg = get_cfg()
     add_hapnet_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    _merge_file(cfg, config_file)
+    _merge_opts(cfg, list(opts))
     if allow_unsafe_checkpoints:
         cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS = True
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logging.getLogger(__name__).info("MODEL.DEVICE asks for CUDA but no GPU is available: using the CPU.")
         cfg.MODEL.DEVICE = "cpu"
     return cfg
+
+
+def get_hapnet_cfg_or_exit(config_file: str, opts=(), allow_unsafe_checkpoints: bool = False):
+    """:func:`get_hapnet_cfg` for command lines: a :class:`ConfigError` is printed as one line
+    ``error: ...`` on stderr and the process exits with code 2 (argparse's code for bad usage)."""
+    try:
+        return get_hapnet_cfg(config_file, opts, allow_unsafe_checkpoints)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def config_keys(cfg) -> list:
+    """Every full key of ``cfg`` (nodes and leaves), e.g. ``["MODEL", "MODEL.DEVICE", ...]``."""
+    keys = []
+    for name, value in cfg.items():
+        keys.append(name)
+        if isinstance(value, CN):
+            keys += [f"{name}.{sub}" for sub in config_keys(value)]
+    return keys
+
+
+def closest_key(cfg, key: str):
+    """The valid key of ``cfg`` closest to ``key`` (difflib), or None when none is close."""
+    keys = config_keys(cfg)
+    match = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    if not match:  # a misspelt or missing section: compare the last components
+        last = {k.rsplit(".", 1)[-1]: k for k in keys}
+        close = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(last), n=1, cutoff=0.75)
+        match = [last[close[0]]] if close else []
+    return match[0] if match else None
+
+
+def _unknown_key_message(cfg, where: str, key: str) -> str:
+    suggestion = closest_key(cfg, key)
+    hint = f"; did you mean {suggestion}?" if suggestion else ""
+    return f"{where}: {key} is not a config key{hint}"
+
+
+_TYPE_MISMATCH = re.compile(
+    r"Type mismatch \(<class '(\w+)'> vs\. <class '(\w+)'>\) with values \((.*) vs\. (.*)\) "
+    r"for config key: (\S+)", re.DOTALL
+)
+
+
+def _type_message(where: str, error: ValueError) -> str:
+    match = _TYPE_MISMATCH.search(str(error))
+    if match is None:
+        return f"{where}: {_one_line(error)}"
+    expected, given, current, value, key = match.groups()
+    article = "an" if expected[0] in "aeiou" else "a"
+    return (f"{where}: {key} expects {article} {expected} like {current}, got {value} ({given})"
+            + ("; write it with a decimal point, e.g. 1.0" if (expected, given) == ("float", "int") else ""))
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
+
+
+def _merge_file(cfg, config_file: str) -> None:
+    """``cfg.merge_from_file`` with every failure as a one-line :class:`ConfigError`."""
+    if not config_file:
+        raise ConfigError("no config file given (--config-file FILE)")
+    if not os.path.isfile(config_file):
+        raise ConfigError(f"{config_file}: config file does not exist")
+    try:
+        cfg.merge_from_file(config_file)
+    except KeyError as e:
+        match = re.search(r"Non-existent config key: (\S+)", str(e.args[0]) if e.args else "")
+        if match is None:
+            raise ConfigError(f"{config_file}: {_one_line(e)}") from None
+        raise ConfigError(_unknown_key_message(cfg, config_file, match.group(1))) from None
+    except ValueError as e:
+        raise ConfigError(_type_message(config_file, e)) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{config_file}:{mark.line + 1}" if mark is not None else config_file
+        reason = getattr(e, "problem", None) or _one_line(e)
+        raise ConfigError(f"{where}: invalid YAML ({reason})") from None
+    except (OSError, AssertionError, TypeError, AttributeError) as e:  # missing _BASE_, bad layout
+        raise ConfigError(f"{config_file}: {_one_line(e)}") from None
+
+
+def _merge_opts(cfg, opts: list) -> None:
+    """``cfg.merge_from_list``, one pair at a time, with every failure as a :class:`ConfigError`."""
+    if len(opts) % 2:
+        raise ConfigError(f"config overrides must be KEY VALUE pairs; {opts[-1]!r} has no value")
+    for key, value in zip(opts[0::2], opts[1::2]):
+        where = f"config override {key} {value}"
+        if not isinstance(key, str):
+            raise ConfigError(f"{where}: a config key must be a string like SOLVER.MAX_ITER")
+        try:
+            cfg.merge_from_list([key, value])
+        except AssertionError as e:
+            if "Non-existent key" not in str(e):
+                raise ConfigError(f"{where}: {_one_line(e)}") from None
+            raise ConfigError(_unknown_key_message(cfg, "config override", key)) from None
+        except ValueError as e:
+            raise ConfigError(_type_message("config override", e)) from None
+        except KeyError as e:  # a renamed key
+            raise ConfigError(f"{where}: {_one_line(e)}") from None

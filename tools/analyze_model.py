@@ -16,12 +16,12 @@ from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
 import hapnet_d2  # noqa: F401  (registration)
-from hapnet_d2.config import get_hapnet_cfg
+from hapnet_d2.config import get_hapnet_cfg_or_exit
 from hapnet_d2.utils.analysis import flop_counter, flops_by_component, parameters_by_component
 
 
 def setup(args):
-    cfg = get_hapnet_cfg(args.config_file, args.opts)
+    cfg = get_hapnet_cfg_or_exit(args.config_file, args.opts)  # config errors: one line, exit 2
     cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     return cfg

@@ -42,7 +42,7 @@ from tabulate import tabulate
 
 import hapnet_d2  # noqa: F401  (registration)
 from hapnet_d2.checkpoint import HAPNetCheckpointer
-from hapnet_d2.config import get_hapnet_cfg
+from hapnet_d2.config import get_hapnet_cfg_or_exit
 from hapnet_d2.utils.analysis import flop_counter, parameters_by_component
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -76,7 +76,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def setup(args):
     """Config from ``--config-file`` and overrides; TEST.MODE from ``--mode``."""
-    cfg = get_hapnet_cfg(args.config_file, args.opts)
+    cfg = get_hapnet_cfg_or_exit(args.config_file, args.opts)  # config errors: one line, exit 2
     cfg.TEST.MODE = args.mode
     cfg.freeze()
     return cfg

@@ -22,7 +22,7 @@ import sys
 from detectron2.data import DatasetCatalog
 
 import hapnet_d2  # noqa: F401  (registers the synthetic dataset)
-from hapnet_d2.config import get_hapnet_cfg
+from hapnet_d2.config import get_hapnet_cfg_or_exit
 from hapnet_d2.evaluation import report_dir
 from hapnet_d2.utils.runs import REPO_ROOT, load_results, train_and_evaluate
 
@@ -54,10 +54,11 @@ def main():
     config_file = args.config_file or default_config
     out = os.path.abspath(args.output or os.path.join("output", name))
 
+    # a config error (e.g. a key typo in the overrides) is one line and exit code 2, before training
+    cfg = get_hapnet_cfg_or_exit(os.path.join(REPO_ROOT, config_file), args.opts)
     code = train_and_evaluate(config_file, out, args.opts)
     if code != 0:
         sys.exit(f"{name}: training failed with exit code {code}; see {out}/log.txt")
-    cfg = get_hapnet_cfg(os.path.join(REPO_ROOT, config_file), args.opts)
     tta = cfg.TEST.AUG.ENABLED
     reports = [("results.json", False, "Single-scale")]
     if tta:

@@ -16,7 +16,8 @@ import sys
 
 from hapnet_d2.data.datasets.register_mfnet import MFNET_CLASSES
 from hapnet_d2.modeling.backbone.hapnet_backbone import INPUT_STRATEGIES
-from hapnet_d2.utils.runs import load_results, train_and_evaluate
+from hapnet_d2.config import get_hapnet_cfg_or_exit
+from hapnet_d2.utils.runs import REPO_ROOT, load_results, train_and_evaluate
 
 TASKS = {
     # task: (default config, test set)
@@ -105,6 +106,7 @@ def main():
     config_file = args.config_file or default_config
     output = args.output or ("output/synth_ablation_panoptic" if panoptic else "output/synth_ablation")
 
+    get_hapnet_cfg_or_exit(os.path.join(REPO_ROOT, config_file), args.opts)  # config errors: one line, exit 2
     rows = []
     for strategy in args.strategies or (["D", "E"] if panoptic else ["D", "E", "I"]):
         out = os.path.join(output, f"strategy_{strategy}")

@@ -7,8 +7,8 @@ Usage::
     python tools/validate_dataset.py --format rgbx --root /data/robot --split train \
         --num-classes 5 [--x-channels 1] [--x-max 16383]
 
-Prints the number of samples, the image sizes and the exact label pixel count of every
-class. Each problem (unreadable or truncated image, missing thermal or label, size
+Prints the number of samples, the image sizes, the thermal bit depth and raw min/max, and
+the exact label pixel count of every class. Each problem (unreadable or truncated image, missing thermal or label, size
 mismatch, wrong channel count, label id outside the class range and not 255, empty split
 list, listed names without files) is printed with the file it concerns; the exit code is
 then 1, else 0. Without ``--split`` the format's usual splits are checked.
@@ -27,16 +27,18 @@ from collections import Counter
 import numpy as np
 
 from hapnet_d2.data.datasets import DATASET_FORMATS
-from hapnet_d2.data.io import IGNORE_LABEL, RGBTDataError, read_sample
+from hapnet_d2.data.io import IGNORE_LABEL, RGBTDataError, ThermalScaling, ThermalStats, read_sample
 from hapnet_d2.data.panoptic_format import VOID, read_panoptic_json, read_panoptic_png
 
 
-def validate_split(dataset_dicts, num_classes):
+def validate_split(dataset_dicts, num_classes, thermal_stats=None):
     """Read and check every sample of a split.
 
     Args:
         dataset_dicts (list[dict]): the split's dataset dicts.
         num_classes (int): valid label ids are 0..num_classes-1 and 255.
+        thermal_stats (ThermalStats or None): if given, counts bit depth and raw range of the
+            thermal images.
 
     Returns:
         tuple: ``(sizes, pixel_counts, problems)``: Counter of (H, W), int64 array
@@ -47,7 +49,7 @@ def validate_split(dataset_dicts, num_classes):
     counts = np.zeros(num_classes + 1, dtype=np.int64)
     for d in dataset_dicts:
         try:
-            rgb, _, label = read_sample(d)
+            rgb, _, label = read_sample(d, ThermalScaling(warn_low_range=False), thermal_stats)
         except RGBTDataError as e:
             problems.append((e.path, e.reason))
             continue
@@ -130,13 +132,18 @@ def _report_split(args, split, class_names):
         return [(e.path, e.reason)]
     if not dicts:
         return [(f"{args.root} ({split})", "empty split list")]
-    sizes, counts, problems = validate_split(dicts, len(class_names))
+    thermal = ThermalStats()
+    sizes, counts, problems = validate_split(dicts, len(class_names), thermal)
     if args.panoptic_json:
         root = args.panoptic_root or os.path.dirname(args.panoptic_json)
         problems += validate_panoptic(dicts, args.panoptic_json, root)
     print(f"samples: {len(dicts)} ({len(dicts) - len(problems)} readable)")
     for (h, w), n in sorted(sizes.items()):
         print(f"image size {w}x{h} (WxH): {n}")
+    print(f"thermal: {thermal.summary()}")
+    if thermal.bit_depths[16] and thermal.max is not None and thermal.max < 0.25 * 65535:
+        print(f"  16-bit thermal up to {thermal.max:g} only: use INPUT.THERMAL_SCALING fixed with "
+              f"INPUT.THERMAL_RANGE (min, max), or percentile, rather than full (docs/DATASETS_THERMAL.md)")
     print("label pixels per class:")
     for i, name in enumerate(class_names):
         print(f"  {i:3d} {name}: {counts[i]}")

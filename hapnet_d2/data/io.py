@@ -14,15 +14,37 @@ A dataset dict says how its modalities are stored:
   file's bit depth (255 for 8-bit, 65535 for 16-bit files).
 * ``label_offset``: subtracted from stored label ids; ids that become negative are mapped
   to 255 (NYU: 1..40 -> 0..39, 0 -> 255).
+
+16-bit thermal images (raw camera counts, e.g. 14-bit 0..16383) are scaled to 0-255 by a
+:class:`ThermalScaling` (``INPUT.THERMAL_SCALING``; the demo's ``--thermal-scaling``): the full
+range (``thermal_max`` or 65535), a fixed range of counts, or per-image percentiles. 8-bit
+thermal is always divided by 255 (or ``thermal_max``), whatever the mode.
 """
+
+import logging
+from collections import Counter
 
 import numpy as np
 from detectron2.utils.file_io import PathManager
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["RGBTDataError", "read_image_array", "read_rgbt", "read_label", "read_sample"]
+__all__ = [
+    "RGBTDataError",
+    "ThermalScaling",
+    "ThermalStats",
+    "read_image_array",
+    "read_rgbt",
+    "read_label",
+    "read_sample",
+]
 
 IGNORE_LABEL = 255
+THERMAL_SCALING_MODES = ("full", "fixed", "percentile")
+# a 16-bit image whose values span less than this share of the mapped range gets a warning
+LOW_RANGE_SHARE = 0.25
+
+logger = logging.getLogger(__name__)
+_warned_low_range = set()  # files already warned about (once per file and process)
 
 
 class RGBTDataError(ValueError):
@@ -33,10 +55,19 @@ class RGBTDataError(ValueError):
         reason (str): what is wrong with it.
     """
 
-    def __init__(self, path, reason):
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
+    def __init__(self, path, reason=None):
+        """
+        Args:
+            path: the offending file.
+            reason: what is wrong with it. None: ``path`` is a whole message (how PyTorch's
+                DataLoader rebuilds an error raised in a worker process).
+        """
+        super().__init__(path, reason)
+        self.path = "" if reason is None else str(path)
+        self.reason = str(path) if reason is None else reason
+
+    def __str__(self):
+        return self.reason if not self.path else f"{self.path}: {self.reason}"
 
 
 def read_image_array(path):
@@ -73,16 +104,142 @@ def _channels(arr):
     return 1 if arr.ndim == 2 else arr.shape[2]
 
 
-def _scale_thermal(raw, path, thermal_max):
-    """Map raw thermal values to float32 on a 0-255 scale."""
-    if thermal_max is None:
-        thermal_max = 65535.0 if raw.dtype == np.uint16 else 255.0
-    if thermal_max <= 0:
-        raise RGBTDataError(path, f"thermal_max must be positive, got {thermal_max}")
-    return raw.astype(np.float32) * np.float32(255.0 / thermal_max)
+class ThermalScaling:
+    """How a 16-bit thermal image (raw counts) becomes float32 on the 0-255 scale.
+
+    * ``"full"``: ``raw * 255 / thermal_max`` (``thermal_max`` from the dataset dict, else
+      65535); not clipped.
+    * ``"fixed"``: ``(raw - low) * 255 / (high - low)`` for ``value_range = (low, high)``
+      counts, clipped to 0-255.
+    * ``"percentile"``: as ``"fixed"`` with ``(low, high)`` the image's own ``percentiles``
+      (per image, like a camera's automatic gain control); a uniform image becomes 0.
+
+    Under ``"full"`` and ``"fixed"`` a 16-bit image whose values span less than a quarter of
+    the mapped range is warned about (``logger.warning``, one line, once per file).
+    8-bit images are not affected by the mode (``raw * 255 / (thermal_max or 255)``).
+    """
+
+    def __init__(self, mode="full", value_range=(0.0, 65535.0), percentiles=(1.0, 99.0),
+                 warn_low_range=True):
+        """
+        Args:
+            mode (str): ``"full"``, ``"fixed"`` or ``"percentile"``.
+            value_range (tuple[float, float]): ``(low, high)`` raw counts of ``"fixed"``.
+            percentiles (tuple[float, float]): ``(low, high)`` in [0, 100] of ``"percentile"``.
+            warn_low_range (bool): warn about 16-bit images that use little of their range.
+
+        Raises:
+            ValueError: unknown mode, ``low >= high``, percentiles outside [0, 100].
+        """
+        if mode not in THERMAL_SCALING_MODES:
+            raise ValueError(f"thermal scaling mode must be one of {THERMAL_SCALING_MODES}, got {mode!r}")
+        low, high = (float(v) for v in value_range)
+        if not low < high:
+            raise ValueError(f"thermal range (min, max) needs min < max, got ({low:g}, {high:g})")
+        p_low, p_high = (float(v) for v in percentiles)
+        if not 0.0 <= p_low < p_high <= 100.0:
+            raise ValueError(f"thermal percentiles need 0 <= low < high <= 100, got ({p_low:g}, {p_high:g})")
+        self.mode = mode
+        self.value_range = (low, high)
+        self.percentiles = (p_low, p_high)
+        self.warn_low_range = warn_low_range
+
+    @classmethod
+    def from_cfg(cls, cfg):
+        """The scaling of ``INPUT.THERMAL_SCALING``, ``INPUT.THERMAL_RANGE`` and
+        ``INPUT.THERMAL_PERCENTILES``; a bad value raises ``hapnet_d2.config.ConfigError``."""
+        from ..config import ConfigError
+
+        try:
+            return cls(cfg.INPUT.THERMAL_SCALING, cfg.INPUT.THERMAL_RANGE, cfg.INPUT.THERMAL_PERCENTILES)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"INPUT.THERMAL_SCALING / THERMAL_RANGE / THERMAL_PERCENTILES: {e}") from None
+
+    def __repr__(self):
+        detail = {"fixed": f", range={self.value_range}", "percentile": f", percentiles={self.percentiles}"}
+        return f"ThermalScaling({self.mode!r}{detail.get(self.mode, '')})"
+
+    def __call__(self, raw, path, thermal_max=None):
+        """
+        Args:
+            raw (np.ndarray): ``HxW`` or ``HxWx3`` thermal values (uint8, uint16 or float32).
+            path (str): the file, for errors and warnings.
+            thermal_max (float or None): the dataset's raw value of 255 (``"full"`` mode).
+
+        Returns:
+            np.ndarray: float32 of ``raw``'s shape on a 0-255 scale.
+        """
+        if raw.dtype != np.uint16 or self.mode == "full":
+            if thermal_max is None:
+                thermal_max = 65535.0 if raw.dtype == np.uint16 else 255.0
+            if thermal_max <= 0:
+                raise RGBTDataError(path, f"thermal_max must be positive, got {thermal_max}")
+            if raw.dtype == np.uint16:
+                self._check_range(raw, path, 0.0, float(thermal_max), "full scale")
+            return raw.astype(np.float32) * np.float32(255.0 / thermal_max)
+        if self.mode == "fixed":
+            low, high = self.value_range
+            self._check_range(raw, path, low, high, "fixed range")
+        else:
+            low, high = (float(v) for v in np.percentile(raw, self.percentiles))
+            high = max(high, low + 1.0)  # a uniform image: everything at `low` becomes 0
+        out = (raw.astype(np.float32) - np.float32(low)) * np.float32(255.0 / (high - low))
+        return np.clip(out, 0.0, 255.0, out=out)
+
+    def _check_range(self, raw, path, low, high, what):
+        """Warn once per file when the values of ``raw`` span < 1/4 of ``[low, high]``."""
+        if not self.warn_low_range or path in _warned_low_range:
+            return
+        used = min(float(raw.max()), high) - max(float(raw.min()), low)
+        if used < LOW_RANGE_SHARE * (high - low):
+            _warned_low_range.add(path)
+            logger.warning(
+                f"{path}: 16-bit thermal uses {max(used, 0.0) / (high - low):.0%} of its {what} "
+                f"{low:g}..{high:g} (values {int(raw.min())}..{int(raw.max())}), so it looks nearly "
+                f"uniform to the model; set INPUT.THERMAL_SCALING fixed with INPUT.THERMAL_RANGE, or "
+                f"percentile (demo: --thermal-scaling)"
+            )
 
 
-def _thermal_from_array(arr, path, channels, thermal_max):
+class ThermalStats:
+    """Bit depths and raw value range of the thermal images read (the dataset validator).
+
+    Attributes:
+        bit_depths (Counter): images per bit depth (8 or 16).
+        min, max (float or None): smallest and largest raw thermal value seen.
+    """
+
+    def __init__(self):
+        self.bit_depths = Counter()
+        self.min = None
+        self.max = None
+
+    def add(self, raw):
+        """Count one raw thermal image (uint8 or uint16 array, before any scaling)."""
+        self.bit_depths[16 if raw.dtype == np.uint16 else 8] += 1
+        low, high = float(raw.min()), float(raw.max())
+        self.min = low if self.min is None else min(self.min, low)
+        self.max = high if self.max is None else max(self.max, high)
+
+    def summary(self):
+        """One line, e.g. ``16-bit (120 images), raw values 0..16383``."""
+        if not self.bit_depths:
+            return "no thermal image read"
+        depths = ", ".join(f"{bits}-bit ({n} images)" for bits, n in sorted(self.bit_depths.items()))
+        return f"{depths}, raw values {self.min:g}..{self.max:g}"
+
+
+_DEFAULT_SCALING = ThermalScaling()
+
+
+def _scale_thermal(raw, path, thermal_max, scaling=None):
+    """Map raw thermal values to float32 on a 0-255 scale (see :class:`ThermalScaling`)."""
+    return (scaling or _DEFAULT_SCALING)(raw, path, thermal_max)
+
+
+def _thermal_from_array(arr, path, channels, thermal_max, scaling=None, stats=None):
+    if stats is not None:
+        stats.add(arr)
     n = _channels(arr)
     if channels == 1:
         if n == 3:
@@ -94,16 +251,18 @@ def _thermal_from_array(arr, path, channels, thermal_max):
             raise RGBTDataError(path, f"expected a 3-channel X image (e.g. HHA), got {n}")
     else:
         raise ValueError(f"thermal_channels must be 1 or 3, got {channels}")
-    return _scale_thermal(arr, path, thermal_max)
+    return _scale_thermal(arr, path, thermal_max, scaling)
 
 
-def read_rgbt(dataset_dict):
+def read_rgbt(dataset_dict, thermal_scaling=None, thermal_stats=None):
     """Read the RGB image and the thermal (or X) image of one sample.
 
     Args:
         dataset_dict (dict): a dataset dict with ``file_name``, ``thermal_file_name`` and the
             optional keys ``rgbt_layout`` (default ``"separate"``), ``thermal_channels``
             (default 1) and ``thermal_max`` (default: by bit depth), see the module doc.
+        thermal_scaling (ThermalScaling or None): how 16-bit thermal is scaled (None: full).
+        thermal_stats (ThermalStats or None): if given, counts the raw thermal image.
 
     Returns:
         tuple:
@@ -123,8 +282,10 @@ def read_rgbt(dataset_dict):
                 f"expected an 8-bit 4-channel (R,G,B,thermal) PNG, got {_channels(arr)} "
                 f"channel(s) of {arr.dtype}",
             )
+        if thermal_stats is not None:
+            thermal_stats.add(arr[:, :, 3])
         return np.ascontiguousarray(arr[:, :, :3]), _scale_thermal(
-            arr[:, :, 3], rgb_path, thermal_max
+            arr[:, :, 3], rgb_path, thermal_max, thermal_scaling
         )
     if layout != "separate":
         raise ValueError(f"unknown rgbt_layout {layout!r} (expected 'mfnet4' or 'separate')")
@@ -134,7 +295,7 @@ def read_rgbt(dataset_dict):
         )
     thermal_path = dataset_dict["thermal_file_name"]
     thermal = _thermal_from_array(
-        read_image_array(thermal_path), thermal_path, channels, thermal_max
+        read_image_array(thermal_path), thermal_path, channels, thermal_max, thermal_scaling, thermal_stats
     )
     if thermal.shape[:2] != arr.shape[:2]:
         raise RGBTDataError(
@@ -170,17 +331,18 @@ def read_label(path, label_offset=0):
     return arr
 
 
-def read_sample(dataset_dict):
+def read_sample(dataset_dict, thermal_scaling=None, thermal_stats=None):
     """Read RGB, thermal and (if the dict has one) the label of a sample, checking sizes.
 
     Args:
         dataset_dict (dict): as for :func:`read_rgbt`, plus optional ``sem_seg_file_name``
             and ``label_offset``.
+        thermal_scaling, thermal_stats: as for :func:`read_rgbt`.
 
     Returns:
         tuple: ``(rgb uint8 HxWx3, thermal float32 HxW or HxWx3, label uint8 HxW or None)``.
     """
-    rgb, thermal = read_rgbt(dataset_dict)
+    rgb, thermal = read_rgbt(dataset_dict, thermal_scaling, thermal_stats)
     label_path = dataset_dict.get("sem_seg_file_name")
     if label_path is None:
         return rgb, thermal, None

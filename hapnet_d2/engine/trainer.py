@@ -7,7 +7,7 @@ from collections import OrderedDict
 
 import torch
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -17,6 +17,7 @@ from hapnet_d2.evaluation import build_rgbt_evaluator, report_dir
 from hapnet_d2.solver import build_lr_scheduler, build_optimizer
 from hapnet_d2.test_time_augmentation import SemanticSegmentorWithTTA
 
+from .model_selection import SelectionCheckpointer, TestSelectedModel, check_model_selection, selection_metric
 from .train_loop import AutocastTrainer, resolve_amp_dtype
 
 __all__ = ["Trainer", "share_cpu_threads_between_processes"]
@@ -87,6 +88,36 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def build_hooks(self):
+        """Detectron2's hooks, with the evaluation and checkpoint choice of
+        ``TEST.MODEL_SELECTION`` (:mod:`hapnet_d2.engine.model_selection`): "val" evaluates
+        ``DATASETS.VAL`` periodically instead of ``DATASETS.TEST``; "val" and "test" keep the
+        best mIoU as ``model_best.pth`` and test it after training."""
+        protocol = check_model_selection(self.cfg)
+        ret = super().build_hooks()
+        position = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook))
+        period = self.cfg.TEST.EVAL_PERIOD
+        if protocol == "val":
+            ret[position] = hooks.EvalHook(period, self.validate)
+        best = None
+        if protocol in ("val", "test"):
+            best = SelectionCheckpointer(period, self.model, self.cfg.OUTPUT_DIR, selection_metric(protocol))
+        final = TestSelectedModel(self.cfg, lambda: self.test(self.cfg, self.model), best)
+        ret[position + 1 : position + 1] = [h for h in (best, final) if h is not None]
+        return ret
+
+    def validate(self):
+        """Evaluate the current model on ``DATASETS.VAL``.
+
+        Returns:
+            dict: ``{"val": results}`` (stored as ``val/sem_seg/mIoU`` etc.).
+        """
+        cfg = self.cfg.clone()
+        cfg.defrost()
+        cfg.DATASETS.TEST = tuple(self.cfg.DATASETS.VAL)
+        cfg.TEST.AUG.ENABLED = False
+        return {"val": self.test(cfg, self.model)}
 
     @classmethod
     def build_optimizer(cls, cfg, model):

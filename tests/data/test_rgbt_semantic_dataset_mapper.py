@@ -129,8 +129,12 @@ def test_test_mode_resizes_pair_to_base_scale_and_keeps_label(tmp_path, base_siz
     out = build_dataset_mapper(_cfg(BASE_SIZE=base_size), is_train=False)(dataset_dict)
     assert (out["height"], out["width"]) == (48, 64)
     assert tuple(out["image"].shape) == (3, 96, 128) and tuple(out["thermal"].shape) == (3, 96, 128)
-    expected_rgb = np.asarray(Image.fromarray(rgb).resize((128, 96), Image.BILINEAR))
-    # thermal is float (16-bit sources): bilinear without corner alignment, not rounded
+    # RGB and thermal share one float bilinear resize (no corner alignment, no antialiasing);
+    # RGB is rounded back to uint8, thermal (16-bit sources) is not
+    expected_rgb = torch.nn.functional.interpolate(
+        torch.from_numpy(rgb.astype(np.float32)).permute(2, 0, 1)[None], size=(96, 128), mode="bilinear",
+        align_corners=False,
+    )[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
     expected_thermal = torch.nn.functional.interpolate(
         torch.from_numpy(thermal.astype(np.float32))[None, None], size=(96, 128), mode="bilinear", align_corners=False
     )[0, 0]

@@ -57,7 +57,7 @@ def one_torch_thread():
 def run_demo(output, *inputs):
     """Run demo/demo.py in a subprocess (one torch thread) on the tiny config."""
     command = [sys.executable, str(DEMO_DIR / "demo.py"), "--config-file", str(TINY_CONFIG)]
-    command += ["--output", str(output), *map(str, inputs), "--opts", "MODEL.DEVICE", "cpu"]
+    command += ["--output", str(output), "--random-weights", *map(str, inputs), "--opts", "MODEL.DEVICE", "cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
@@ -139,7 +139,7 @@ def test_corrupt_file_is_a_one_line_error(tmp_path, capsys):
     good = save_png(tmp_path / "good.png", np.zeros((48, 64, 4), np.uint8))
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(good.read_bytes()[:60])
-    argv = ["--config-file", str(TINY_CONFIG), "--output", str(tmp_path / "out")]
+    argv = ["--config-file", str(TINY_CONFIG), "--output", str(tmp_path / "out"), "--random-weights"]
     code = demo_cli.main(argv + ["--rgbt", str(corrupt), "--opts", "MODEL.DEVICE", "cpu"])
     assert_one_line_error(code, capsys.readouterr().err, corrupt, "unreadable or truncated")
 

@@ -7,9 +7,15 @@ import torch
 from detectron2.config import configurable
 from detectron2.data import transforms as T
 
-from ..io import IGNORE_LABEL, read_sample
+from ..io import IGNORE_LABEL, ThermalScaling, read_sample
 
-__all__ = ["RGBTSemanticDatasetMapper", "PadToSize", "ResizeToBaseScale"]
+__all__ = [
+    "RGBTSemanticDatasetMapper",
+    "PadToSize",
+    "ResizeToBaseScale",
+    "stack_modalities",
+    "split_modalities",
+]
 
 
 class PadToSize:
@@ -58,6 +64,33 @@ class PadToSize:
         return padded
 
 
+def stack_modalities(rgb: np.ndarray, thermal: np.ndarray) -> np.ndarray:
+    """RGB and thermal as one float32 array, for transforms that must filter both alike.
+
+    Args:
+        rgb: ``HxWx3`` (any numeric dtype, 0-255 scale). thermal: ``HxW`` or ``HxWxC``.
+    Returns:
+        float32 ``HxWx(3+C)`` (C = 1 for a 2-D thermal image), RGB first.
+    """
+    if thermal.shape[:2] != rgb.shape[:2]:
+        raise ValueError(f"thermal {thermal.shape[:2]} and RGB {rgb.shape[:2]} sizes differ")
+    thermal = thermal[:, :, None] if thermal.ndim == 2 else thermal
+    return np.concatenate([rgb.astype(np.float32), thermal.astype(np.float32)], axis=2)
+
+
+def split_modalities(stacked: np.ndarray, thermal_ndim: int = 2):
+    """Inverse of :func:`stack_modalities`: RGB rounded to uint8, thermal float32.
+
+    Args:
+        stacked: float ``HxWx(3+C)``. thermal_ndim: 2 to return thermal as ``HxW`` (C = 1).
+    Returns:
+        tuple: ``(rgb uint8 HxWx3, thermal float32 HxW or HxWxC)``.
+    """
+    rgb = np.clip(np.rint(stacked[:, :, :3]), 0, 255).astype(np.uint8)
+    thermal = np.ascontiguousarray(stacked[:, :, 3:], dtype=np.float32)
+    return rgb, thermal[:, :, 0] if thermal_ndim == 2 else thermal
+
+
 class ResizeToBaseScale(T.Augmentation):
     """Test-time resize to the dataset's base scale, keeping the aspect ratio (the recipe's
     "resize to the base scale"): the image is scaled by ``min(long / max(h, w), short / min(h, w))``
@@ -85,7 +118,8 @@ class RGBTSemanticDatasetMapper:
     """Map an RGB-T dataset dict to the inputs of HAPNet.
 
     Training: one geometric augmentation (random resize, square crop with a single-category
-    area limit, flip) is drawn once and applied to RGB, thermal and label alike;
+    area limit, flip) is drawn once and applied to RGB, thermal and label alike (RGB and thermal
+    resized in one bilinear call, see :meth:`apply_geometric`);
     photometric augmentation (brightness, contrast, saturation) touches the RGB image only;
     then all three are padded to the crop size (:class:`PadToSize`; images with their pixel mean).
     Test: RGB and thermal resized to the base scale (:class:`ResizeToBaseScale`), no other
@@ -112,6 +146,7 @@ class RGBTSemanticDatasetMapper:
         pad=None,
         rgb_pad_value=(0.0, 0.0, 0.0),
         thermal_pad_value=(0.0, 0.0, 0.0),
+        thermal_scaling=None,
     ):
         """
         Args:
@@ -124,6 +159,8 @@ class RGBTSemanticDatasetMapper:
             pad (PadToSize or None): padding after augmentation (training: to the crop size).
             rgb_pad_value, thermal_pad_value (tuple[float]): per-channel image padding, RGB order;
                 the model's pixel means, so that padding is 0 once normalised.
+            thermal_scaling (ThermalScaling or None): how 16-bit thermal becomes 0-255
+                (``INPUT.THERMAL_SCALING``; None: full range).
         """
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be RGB or BGR, got {image_format!r}")
@@ -135,6 +172,7 @@ class RGBTSemanticDatasetMapper:
         self.pad = pad
         self.rgb_pad_value = tuple(rgb_pad_value)
         self.thermal_pad_value = tuple(thermal_pad_value)
+        self.thermal_scaling = thermal_scaling
 
     @classmethod
     def from_config(cls, cfg, is_train=True):
@@ -179,11 +217,34 @@ class RGBTSemanticDatasetMapper:
             "pad": pad,
             "rgb_pad_value": cfg.MODEL.PIXEL_MEAN,
             "thermal_pad_value": cfg.MODEL.THERMAL_PIXEL_MEAN,
+            "thermal_scaling": ThermalScaling.from_cfg(cfg),
         }
 
     def read(self, dataset_dict):
         """RGB uint8 ``HxWx3``, thermal float32 and label uint8 ``HxW`` (or None) of a sample."""
-        return read_sample(dataset_dict)
+        return read_sample(dataset_dict, self.thermal_scaling)
+
+    def apply_geometric(self, rgb, thermal, label=None):
+        """Draw the geometric augmentation once and apply it to RGB, thermal and label.
+
+        RGB and thermal are resized together, as one float ``HxWx(3+C)`` array (bilinear, no
+        antialiasing: Detectron2's float path of ``ResizeTransform``, like the reference's one
+        OpenCV ``INTER_LINEAR`` call on the stacked float image), so identical content stays
+        identical in both modalities; RGB is then rounded back to uint8 (at most 0.5 grey
+        levels off the float result). The label takes the nearest-neighbour path.
+
+        Args:
+            rgb: uint8 ``HxWx3``. thermal: float32 ``HxW`` or ``HxWxC`` (0-255 scale).
+            label: uint8 ``HxW`` or None (then it steers no crop and is not transformed).
+        Returns:
+            tuple: ``(rgb uint8 h x w x 3, thermal float32 h x w [x C], label or None,
+            transforms)``, ``transforms`` the drawn ``TransformList``.
+        """
+        stacked = stack_modalities(rgb, thermal)
+        aug_input = T.AugInput(stacked, sem_seg=label)
+        transforms = self.geometric(aug_input)
+        rgb, thermal = split_modalities(aug_input.image, thermal.ndim)
+        return rgb, thermal, aug_input.sem_seg, transforms
 
     def transform_annotations(self, dataset_dict, transforms):
         """Hook for subclasses: apply the sample's geometric ``transforms`` (a
@@ -205,12 +266,11 @@ class RGBTSemanticDatasetMapper:
             raise ValueError(f"{dataset_dict['file_name']}: training sample without a label file")
 
         # at test time the label keeps its original size (predictions are resized back to it)
-        aug_input = T.AugInput(rgb, sem_seg=label if self.is_train else None)
-        transforms = self.geometric(aug_input)
-        rgb = aug_input.image
+        rgb, thermal, aug_label, transforms = self.apply_geometric(
+            rgb, thermal, label if self.is_train else None
+        )
         if self.is_train:
-            label = aug_input.sem_seg
-        thermal = transforms.apply_image(thermal)
+            label = aug_label
         self.transform_annotations(dataset_dict, transforms)
         photometric_input = T.AugInput(rgb)
         self.photometric(photometric_input)

@@ -5,6 +5,7 @@ Token layouts used throughout:
 - Spatial prior ``c``: ``[B, S, D]``, the stride-8, -16 and -32 maps flattened and
   concatenated (``S = h8*w8 + h16*w16 + h32*w32``); ``prior_shapes`` is ``[3, 2]`` (h, w).
 """
+import math
 from typing import List, Tuple
 
 import torch
@@ -13,7 +14,26 @@ from torch import nn
 
 from hapnet_d2.ops import MSDeformAttn
 
-__all__ = ["GLCA", "CCG", "ConvFFN", "reference_points"]
+__all__ = ["GLCA", "CCG", "ConvFFN", "reference_points", "init_linear_", "init_conv_fan_out_"]
+
+
+def init_linear_(linear: nn.Linear, std: float = 0.02) -> None:
+    """The official adapter's Linear init: truncated normal (std ``std``, cut at +-2), bias 0."""
+    nn.init.trunc_normal_(linear.weight, std=std)
+    if linear.bias is not None:
+        nn.init.zeros_(linear.bias)
+
+
+def init_conv_fan_out_(conv: nn.Module) -> None:
+    """The official adapter's conv init: normal with std sqrt(2 / fan_out), bias 0.
+
+    ``fan_out = kh * kw * out_channels / groups`` (He init in fan-out mode). Works for
+    ``Conv2d`` and ``ConvTranspose2d`` (whose ``out_channels`` is the output width too).
+    """
+    fan_out = conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels // conv.groups
+    nn.init.normal_(conv.weight, mean=0.0, std=math.sqrt(2.0 / fan_out))
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
 
 
 def reference_points(shapes: torch.Tensor, device=None) -> torch.Tensor:
@@ -75,6 +95,10 @@ class ConvFFN(nn.Module):
         self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
+        # initialised as the official adapter (trained from scratch)
+        init_linear_(self.fc1)
+        init_linear_(self.fc2)
+        init_conv_fan_out_(self.dwconv)
 
     def forward(self, c: torch.Tensor, shapes: List[Tuple[int, int]]) -> torch.Tensor:
         """

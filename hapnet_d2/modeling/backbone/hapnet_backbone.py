@@ -16,7 +16,7 @@ from torch import nn
 from hapnet_d2.ops import level_start_index
 
 from .cspd import CSPD
-from .fusion import CCG, GLCA, reference_points
+from .fusion import CCG, GLCA, init_conv_fan_out_, reference_points
 from .pretrained import load_cspd_weights, load_vfm_weights
 from .timm_vit import TimmViT
 
@@ -108,6 +108,7 @@ class HAPNetBackbone(Backbone):
         else:
             self.ccg = self.extra_ccg = None
         self.up = nn.ConvTranspose2d(dim, dim, 2, 2)
+        init_conv_fan_out_(self.up)  # as the official adapter; fc1-4 keep PyTorch's default
         self.out_norms = nn.ModuleList(get_norm(out_norm, dim) for _ in range(4))
 
         self._out_features = ["res2", "res3", "res4", "res5"]
@@ -138,7 +139,12 @@ class HAPNetBackbone(Backbone):
             img_size=crop,  # encoders built for a fixed size (Swin)
         )
         if h.VFM_WEIGHTS:
-            load_vfm_weights(vfm, h.VFM_WEIGHTS, allow_unsafe=cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS)
+            load_vfm_weights(
+                vfm,
+                h.VFM_WEIGHTS,
+                allow_unsafe=cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS,
+                rel_pos_resize=h.VFM_REL_POS_RESIZE,
+            )
         if h.CSPD_WEIGHTS:
             load_cspd_weights(cspd, h.CSPD_WEIGHTS, allow_unsafe=cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS)
         return dict(

@@ -35,6 +35,11 @@ class AuxFCNHead(nn.Module):
         )
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
+        # initialised as the reference (an mmseg FCNHead): the conv He-normal in fan-out mode
+        # (mmcv ConvModule), the classifier normal with std 0.01 and zero bias
+        nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.normal_(self.classifier.weight, mean=0.0, std=0.01)
+        nn.init.zeros_(self.classifier.bias)
         self.ignore_value = ignore_value
 
     def forward(self, res2: torch.Tensor) -> torch.Tensor:

@@ -237,7 +237,9 @@ class HAPNet(nn.Module):
         if all("instances" in x for x in batched_inputs):  # panoptic training: one mask per segment
             targets = self._segment_targets(batched_inputs, rgb)
         else:
-            targets = semantic_to_mask_targets(gt, self.num_classes, self.ignore_value)
+            names = [x.get("sem_seg_file_name") or x.get("file_name") or f"image {i} of the batch"
+                     for i, x in enumerate(batched_inputs)]  # named in label errors
+            targets = semantic_to_mask_targets(gt, self.num_classes, self.ignore_value, names)
         losses = self.criterion(outputs, targets)
         for k in list(losses):
             if k in self.criterion.weight_dict:

@@ -150,7 +150,13 @@ class MSDeformAttnPixelDecoder(nn.Module):
 
     ``forward_features`` maps backbone features to the per-pixel mask features (stride
     ``common_stride``) and the multi-scale features the transformer decoder attends to.
+
+    State-dict versions: 1 (HAPNet-D2 before 2026-12) had no bias in the encoder input
+    projections when a norm follows them; 2 has it. Loading a version-1 state dict fills the
+    missing biases with zeros, which computes exactly what the old model computed.
     """
+
+    _version = 2
 
     @configurable
     def __init__(
@@ -211,10 +217,14 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.common_stride = common_stride
         use_bias = norm == ""
 
+        # The input projections keep their bias even before a norm, as in Mask2Former and the
+        # official HAPNet (3 x conv_dim parameters); checkpoints saved without it still load
+        # (see _load_from_state_dict).
         self.input_proj = nn.ModuleList()
         for _, shape in encoder_shapes:
-            proj = Conv2d(shape.channels, conv_dim, 1, bias=use_bias, norm=get_norm(norm, conv_dim))
+            proj = Conv2d(shape.channels, conv_dim, 1, bias=True, norm=get_norm(norm, conv_dim))
             nn.init.xavier_uniform_(proj.weight, gain=1)
+            nn.init.zeros_(proj.bias)
             self.input_proj.append(proj)
         self.pe_layer = PositionEmbeddingSine(conv_dim // 2)
         self.level_encoding = nn.Parameter(torch.empty(len(encoder_shapes), conv_dim))
@@ -256,6 +266,24 @@ class MSDeformAttnPixelDecoder(nn.Module):
 
         self.mask_features = Conv2d(conv_dim, mask_dim, kernel_size=1)
         c2_xavier_fill(self.mask_features)
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        """Fill the input-projection biases of version-1 state dicts with zeros (see class doc).
+
+        A state dict without version information (e.g. converted from another code base) is
+        treated as version 1. Missing biases in a version-2 state dict stay missing.
+        """
+        version = local_metadata.get("version", None)
+        if version is None or version < 2:
+            for i, proj in enumerate(self.input_proj):
+                key = f"{prefix}input_proj.{i}.bias"
+                if key not in state_dict and f"{prefix}input_proj.{i}.weight" in state_dict:
+                    state_dict[key] = torch.zeros_like(proj.bias)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
