@@ -22,6 +22,7 @@ import argparse
 import os
 import sys
 
+import hapnet_d2  # noqa: F401  (first: registration, and the filter for Detectron2's import-time warnings)
 from detectron2.utils.colormap import colormap
 
 from hapnet_d2.data.datasets import DATASET_FORMATS, KP_SPLITS, MFNET_SPLITS, PST900_SPLITS

@@ -31,6 +31,7 @@ from collections import Counter
 
 import cv2
 import tqdm
+import hapnet_d2  # noqa: F401  (first: registration, and the filter for Detectron2's import-time warnings)
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.logger import setup_logger
 from PIL import Image

@@ -37,15 +37,8 @@ $PIP install -q -c "$CONSTRAINTS" numpy opencv-python-headless ml_dtypes timm fv
   termcolor yacs tabulate cloudpickle tqdm omegaconf hydra-core matplotlib tensorboard packaging \
   pillow scipy panopticapi-lite scikit-image onnx onnxruntime onnxscript pytest installer wheel setuptools
 
-if ! has detectron2; then
-  echo "[install] detectron2 (sal-detectron2==0.7.2 wheel, upstream Python sources of 2024-08)"
-  TMP=$(mktemp -d)
-  $PIP download -q --no-deps --only-binary=:all: --python-version 3.10 -d "$TMP" sal-detectron2==0.7.2
-  "$PY" -m installer "$TMP"/sal_detectron2-0.7.2-*.whl
-  rm -rf "$TMP"
-fi
-# the wheel declares black (never imported): installed so that `pip check` stays clean
-$PIP install -q -c "$CONSTRAINTS" black
+# Detectron2 (the sal-detectron2 wheel, unpacked: pip refuses its cp310 tag on 3.11+) and black
+dev/install_detectron2.sh "$PY"
 
 if ! has torch_ms_deform_attn; then
   echo "[install] torch-ms-deform-attn (compiles the C++ op against the installed torch, ~30 s)"

@@ -11,11 +11,11 @@ import argparse
 import logging
 
 import torch
+import hapnet_d2  # noqa: F401  (first: registration, and the filter for Detectron2's import-time warnings)
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
-import hapnet_d2  # noqa: F401  (registration)
 from hapnet_d2.config import get_hapnet_cfg_or_exit
 from hapnet_d2.utils.analysis import flop_counter, flops_by_component, parameters_by_component
 

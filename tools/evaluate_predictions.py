@@ -23,9 +23,9 @@ import sys
 
 import numpy as np
 import torch
+import hapnet_d2  # noqa: F401  (first: registration, and the filter for Detectron2's import-time warnings)
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-import hapnet_d2  # noqa: F401  (registers the datasets)
 from hapnet_d2.data.io import RGBTDataError, read_label
 from hapnet_d2.data.panoptic_format import read_panoptic_png
 from hapnet_d2.evaluation import RGBTSemSegEvaluator, RGBTUniversalEvaluator

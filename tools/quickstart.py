@@ -19,9 +19,9 @@ import shutil
 import subprocess
 import sys
 
+import hapnet_d2  # noqa: F401  (first: registration, and the filter for Detectron2's import-time warnings)
 from detectron2.data import DatasetCatalog
 
-import hapnet_d2  # noqa: F401  (registers the synthetic dataset)
 from hapnet_d2.config import get_hapnet_cfg_or_exit
 from hapnet_d2.evaluation import report_dir
 from hapnet_d2.utils.runs import REPO_ROOT, load_results, train_and_evaluate
