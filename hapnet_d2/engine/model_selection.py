@@ -67,9 +67,16 @@ def check_model_selection(cfg) -> str:
     return protocol
 
 
-def selection_metric(protocol: str) -> Optional[str]:
-    """The storage key the protocol maximises (the EvalHook's flattened results), or None."""
-    return {"val": "val/sem_seg/mIoU", "test": "sem_seg/mIoU"}.get(protocol)
+def selection_metric(protocol: str, panoptic: bool = False) -> Optional[str]:
+    """The storage key the protocol maximises (the EvalHook's flattened results), or None.
+
+    Args:
+        protocol: ``"val"``, ``"test"`` or ``"last"`` (None: nothing is selected).
+        panoptic: the model has panoptic output (MODEL.MASK_FORMER.TEST.PANOPTIC_ON): select by
+            PQ instead of mIoU.
+    """
+    metric = "panoptic_seg/PQ" if panoptic else "sem_seg/mIoU"
+    return {"val": f"val/{metric}", "test": metric}.get(protocol)
 
 
 class SelectionCheckpointer(BestCheckpointer):

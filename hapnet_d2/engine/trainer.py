@@ -93,7 +93,7 @@ class Trainer(DefaultTrainer):
         """Detectron2's hooks, with the evaluation and checkpoint choice of
         ``TEST.MODEL_SELECTION`` (:mod:`hapnet_d2.engine.model_selection`): "val" evaluates
         ``DATASETS.VAL`` periodically instead of ``DATASETS.TEST``; "val" and "test" keep the
-        best mIoU as ``model_best.pth`` and test it after training."""
+        best mIoU (PQ for a panoptic model) as ``model_best.pth`` and test it after training."""
         protocol = check_model_selection(self.cfg)
         ret = super().build_hooks()
         position = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook))
@@ -102,7 +102,8 @@ class Trainer(DefaultTrainer):
             ret[position] = hooks.EvalHook(period, self.validate)
         best = None
         if protocol in ("val", "test"):
-            best = SelectionCheckpointer(period, self.model, self.cfg.OUTPUT_DIR, selection_metric(protocol))
+            metric = selection_metric(protocol, panoptic=self.cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON)
+            best = SelectionCheckpointer(period, self.model, self.cfg.OUTPUT_DIR, metric)
         final = TestSelectedModel(self.cfg, lambda: self.test(self.cfg, self.model), best)
         ret[position + 1 : position + 1] = [h for h in (best, final) if h is not None]
         return ret

@@ -116,3 +116,12 @@ def test_protocol_errors_are_one_clear_line(tiny_cfg):
         check_model_selection(tiny_cfg)
     tiny_cfg.DATASETS.VAL = ("synth_rgbt_val",)
     assert check_model_selection(tiny_cfg) == "val"
+
+
+def test_panoptic_models_are_selected_by_pq():
+    from hapnet_d2.engine.model_selection import selection_metric
+
+    assert selection_metric("val") == "val/sem_seg/mIoU"
+    assert selection_metric("val", panoptic=True) == "val/panoptic_seg/PQ"
+    assert selection_metric("test", panoptic=True) == "panoptic_seg/PQ"
+    assert selection_metric("last", panoptic=True) is None
