@@ -55,7 +55,8 @@ class CNNEncoder(CSPD):
             config_key="MODEL.DUPLEX.ENCODER",
         )
 
-    def load_weights(self, path: str, allow_unsafe: bool = False):
+    def load_weights(self, path: str, allow_unsafe: bool = False, rel_pos_resize: str = "bicubic"):
+        """A published ConvNeXt checkpoint (``rel_pos_resize`` is for ViTs; unused here)."""
         return load_cspd_weights(self, path, allow_unsafe=allow_unsafe)
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
@@ -100,8 +101,10 @@ class ViTPyramidEncoder(nn.Module):
             ]
         )
 
-    def load_weights(self, path: str, allow_unsafe: bool = False):
-        return load_vfm_weights(self.vfm, path, allow_unsafe=allow_unsafe)
+    def load_weights(self, path: str, allow_unsafe: bool = False, rel_pos_resize: str = "bicubic"):
+        """A published ViT checkpoint; relative-position tables resized by ``rel_pos_resize``
+        (MODEL.HAPNET.VFM_REL_POS_RESIZE, see :func:`resize_rel_pos_table`)."""
+        return load_vfm_weights(self.vfm, path, allow_unsafe=allow_unsafe, rel_pos_resize=rel_pos_resize)
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         """
@@ -195,7 +198,11 @@ class DuplexBackbone(Backbone):
         if d.WEIGHTS:
             for branch in (encoder, encoder_thermal):
                 if branch is not None:
-                    branch.load_weights(d.WEIGHTS, allow_unsafe=cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS)
+                    branch.load_weights(
+                        d.WEIGHTS,
+                        allow_unsafe=cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS,
+                        rel_pos_resize=cfg.MODEL.HAPNET.VFM_REL_POS_RESIZE,
+                    )
         return dict(encoder=encoder, encoder_thermal=encoder_thermal, fusion=d.FUSION)
 
     @property
