@@ -30,7 +30,7 @@ if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["GOMP_SPINCOUNT"] = "10000"
 
 import hapnet_d2  # noqa: F401  (first: registration, and the filter for Detectron2's import-time warnings)
-from detectron2.engine import default_argument_parser, default_setup, hooks, launch
+from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from torch.multiprocessing import ProcessExitedException
@@ -134,9 +134,7 @@ def run(args):
 
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    if cfg.TEST.AUG.ENABLED:
-        # after the plain evaluation, as Detectron2's tools/train_net.py does
-        trainer.register_hooks([hooks.EvalHook(0, lambda: trainer.test_with_TTA(cfg, trainer.model))])
+    # the selected model is also tested with TEST.AUG (if enabled) by the trainer's own hooks
     return trainer.train()
 
 

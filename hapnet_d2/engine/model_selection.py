@@ -130,19 +130,29 @@ class _UntaggedCheckpointer(HAPNetCheckpointer):
 
 class TestSelectedModel(HookBase):
     """After training: load ``model_best.pth`` (protocols "val" and "test"), evaluate
-    ``DATASETS.TEST`` with it, and record the protocol in every written ``results.json``."""
+    ``DATASETS.TEST`` with it (and with test-time augmentation if configured), and record the
+    protocol in every written ``results.json``."""
 
-    def __init__(self, cfg, test: Callable[[], Dict], best: Optional[SelectionCheckpointer]):
+    def __init__(
+        self,
+        cfg,
+        test: Callable[[], Dict],
+        best: Optional[SelectionCheckpointer],
+        test_with_tta: Optional[Callable[[], Dict]] = None,
+    ):
         """
         Args:
             cfg: the training config.
             test: evaluates the trainer's current model on ``DATASETS.TEST`` (returns results).
             best: the run's :class:`SelectionCheckpointer` (None for "last").
+            test_with_tta: the same with test-time augmentation (TEST.AUG.ENABLED), run after
+                ``test`` on the same (selected) model; None: no TTA evaluation.
         """
         self.cfg = cfg
         self.protocol = cfg.TEST.MODEL_SELECTION
         self._test = test
         self._best = best
+        self._test_with_tta = test_with_tta
 
     def after_train(self):
         if self.trainer.iter + 1 < self.trainer.max_iter:
@@ -170,14 +180,20 @@ class TestSelectedModel(HookBase):
             self.trainer._last_eval_results = self._test()
         else:
             selection.update(checkpoint="model_final", iteration=self.trainer.iter)
+        tta_results = self._test_with_tta() if self._test_with_tta is not None else None
+        if tta_results and isinstance(self.trainer._last_eval_results, dict):
+            self.trainer._last_eval_results.update(tta_results)
         if comm.is_main_process():
             annotate_reports(self.cfg, selection)
+            if self._test_with_tta is not None:
+                annotate_reports(self.cfg, selection, tta=True)
 
 
-def annotate_reports(cfg, selection: Dict) -> None:
-    """Add ``"model_selection": selection`` to the ``results.json`` of each test dataset."""
+def annotate_reports(cfg, selection: Dict, tta: bool = False) -> None:
+    """Add ``"model_selection": selection`` to the ``results.json`` of each test dataset (of its
+    test-time-augmentation report if ``tta``)."""
     for name in cfg.DATASETS.TEST:
-        path = os.path.join(report_dir(cfg.OUTPUT_DIR, name), "results.json")
+        path = os.path.join(report_dir(cfg.OUTPUT_DIR, name, tta=tta), "results.json")
         if not PathManager.exists(path):
             continue
         with PathManager.open(path) as f:

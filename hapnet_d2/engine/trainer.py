@@ -104,7 +104,8 @@ class Trainer(DefaultTrainer):
         if protocol in ("val", "test"):
             metric = selection_metric(protocol, panoptic=self.cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON)
             best = SelectionCheckpointer(period, self.model, self.cfg.OUTPUT_DIR, metric)
-        final = TestSelectedModel(self.cfg, lambda: self.test(self.cfg, self.model), best)
+        tta = (lambda: self.test_with_TTA(self.cfg, self.model)) if self.cfg.TEST.AUG.ENABLED else None
+        final = TestSelectedModel(self.cfg, lambda: self.test(self.cfg, self.model), best, tta)
         ret[position + 1 : position + 1] = [h for h in (best, final) if h is not None]
         return ret
 

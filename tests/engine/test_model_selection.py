@@ -97,7 +97,12 @@ def test_best_checkpoint_is_chosen_by_the_protocol_and_tested(splits, tmp_path, 
 @pytest.mark.slow
 def test_last_protocol_reports_the_final_model(splits, tmp_path):
     cfg = _cfg(splits, tmp_path, "last")
+    cfg.TEST.AUG.ENABLED, cfg.TEST.AUG.SCALES, cfg.TEST.AUG.FLIP = True, (1.0,), True
     _, results = _train(cfg)
+    # the test-time-augmentation report comes from the same model and names the protocol too
+    tta_report = json.load(open(tmp_path / "inference_TTA" / splits["test"] / "results.json"))
+    assert tta_report["model_selection"]["protocol"] == "last"
+    assert "sem_seg_TTA" in results
     assert not (tmp_path / "model_best.pth").exists()
     report = json.load(open(tmp_path / "inference" / splits["test"] / "results.json"))
     assert report["model_selection"]["protocol"] == "last"
