@@ -15,7 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ms_deform_attn", "ms_deform_attn_pytorch", "kernel_available", "level_start_index"]
+__all__ = [
+    "ms_deform_attn",
+    "ms_deform_attn_pytorch",
+    "kernel_available",
+    "level_start_index",
+    "grid_sample_formulation",
+]
 
 
 def level_start_index(spatial_shapes: Tensor) -> Tensor:
@@ -32,6 +38,28 @@ def level_start_index(spatial_shapes: Tensor) -> Tensor:
 
 _INSTALL_HINT = "pip install --no-build-isolation torch-ms-deform-attn"
 _IMPLS = ("auto", "kernel", "pytorch")
+_grid_sample_forced = 0  # depth of grid_sample_formulation() blocks
+
+
+@contextlib.contextmanager
+def grid_sample_formulation():
+    """Within the block, :func:`ms_deform_attn` uses the ``F.grid_sample`` formulation whatever
+    its ``impl`` (and without the missing-kernel warning).
+
+    This is the form that traces into TorchScript and ONNX (``GridSample``, opset >= 16); the
+    compiled operator cannot be exported. ``torch.onnx.export`` selects it by itself.
+    """
+    global _grid_sample_forced
+    _grid_sample_forced += 1
+    try:
+        yield
+    finally:
+        _grid_sample_forced -= 1
+
+
+def _use_grid_sample() -> bool:
+    """Whether a :func:`grid_sample_formulation` block or an ONNX export is running."""
+    return _grid_sample_forced > 0 or torch.onnx.is_in_onnx_export()
 
 
 @functools.lru_cache(maxsize=None)
@@ -252,13 +280,14 @@ def ms_deform_attn(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights
     )
     device_type = value.device.type
-    kernel = None if impl == "pytorch" else _load_kernel(device_type)
-    if kernel is None and impl == "kernel":
+    exporting = _use_grid_sample()
+    kernel = None if impl == "pytorch" or exporting else _load_kernel(device_type)
+    if kernel is None and impl == "kernel" and not exporting:
         raise RuntimeError(
             f"ms_deform_attn(impl='kernel'): the compiled torch_ms_deform_attn operator is not "
             f"available for {device_type} tensors. Install it with: {_INSTALL_HINT}"
         )
-    if kernel is None and impl == "auto":
+    if kernel is None and impl == "auto" and not exporting:
         _warn_kernel_missing(device_type)
 
     compute_dtype = torch.float32

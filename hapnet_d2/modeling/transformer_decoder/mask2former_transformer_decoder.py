@@ -363,5 +363,6 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         """
         with torch.no_grad():
             attn_mask = self._mask_logits(output, mask_features).flatten(2).sigmoid() < 0.5
-            attn_mask &= ~attn_mask.all(dim=-1, keepdim=True)
+            # elementwise (no in-place or data-dependent indexing), so that it exports to ONNX
+            attn_mask = attn_mask & ~attn_mask.all(dim=-1, keepdim=True)
         return attn_mask.repeat_interleave(self.num_heads, dim=0)
