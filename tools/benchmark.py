@@ -16,9 +16,21 @@ calls on a random RGB-T batch after ``--warmup`` untimed ones, and reports:
   (best of 3 products each time, median over the calls), so that both see the same load;
 * ``mfu`` = gflops / p50 / gemm_peak_gflops (model FLOP utilisation).
 
-``--dtype bf16`` / ``fp16`` run under ``torch.autocast`` (the deformable attention sampling,
-its softmax and the normalisations stay in float32). With ``--json`` the last line printed is
-one JSON object.
+On the CPU the model is converted once for inference
+(:func:`hapnet_d2.utils.cpu_inference.prepare_for_cpu_inference`) and freed memory is kept for
+reuse (``retain_freed_memory``); ``--dtype bf16`` runs the converted bf16 model (weights in bf16,
+float32 islands for the deformable sampling, the norms and the final scores) and is refused with
+one line on a CPU without bf16 units (``cpu_features`` in the report: AVX2, AVX-512,
+AVX-512-BF16, AMX). ``--quantize int8`` runs the Linear layers int8-quantized (dynamic
+quantization, for CPUs without bf16 units) and reports ``argmax_agreement_vs_fp32`` and
+``scores_rel_l2_vs_fp32`` against float32 scores of the same inputs (bf16 reports them too).
+``fp16`` and GPU runs use ``torch.autocast`` (the deformable attention sampling, its softmax and
+the normalisations stay in float32). With ``--json`` the last line printed is one JSON object.
+
+``--backend torchscript|onnxruntime`` exports the fp32 model at ``--size`` (hapnet_d2.export, as
+tools/deploy/export_model.py) and times that runtime on the same input (one image, whole-image);
+``--quantize int8`` with onnxruntime times ONNX Runtime's dynamic int8 quantization. Both report
+``argmax_agreement_vs_fp32`` and ``scores_rel_l2_vs_fp32`` against the PyTorch fp32 model.
 
 On a machine shared with other jobs, set ``OMP_WAIT_POLICY=PASSIVE``: spinning OpenMP threads
 that wait for a descheduled peer made a 2-thread run 20x slower here (README "Speed").
@@ -31,19 +43,23 @@ import os
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 import torch
+import hapnet_d2  # noqa: F401  (first: registration, and the filter for Detectron2's import-time warnings)
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
-import hapnet_d2  # noqa: F401  (registration)
 from hapnet_d2.checkpoint import HAPNetCheckpointer
 from hapnet_d2.config import get_hapnet_cfg_or_exit
+from hapnet_d2.export.backends import BACKENDS, benchmark_backend
 from hapnet_d2.utils.analysis import flop_counter, parameters_by_component
+from hapnet_d2.utils.cpu_features import CPUFeatures, detect_cpu_features
+from hapnet_d2.utils.cpu_inference import prepare_for_cpu_inference, retain_freed_memory
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # GEMM probe size: grows from GEMM_MIN_SIZE until one product takes GEMM_TARGET_SECONDS (or
@@ -69,6 +85,12 @@ def get_parser() -> argparse.ArgumentParser:
                         help="torch.compile the backbone and the head")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--quantize", choices=["none", "int8"], default="none",
+                        help="int8 dynamic quantization of the Linear layers (CPU, --dtype fp32)")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch",
+                        help="torch: the PyTorch model; torchscript / onnxruntime: the model exported at "
+                        "--size (tools/deploy/export_model.py) and run by that runtime (fp32, batch 1, "
+                        "whole-image; with --quantize int8, ONNX Runtime's dynamic int8 quantization)")
     parser.add_argument("--json", action="store_true", help="print a JSON object last")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return parser
@@ -95,6 +117,20 @@ def check_args(args) -> None:
     if args.mode == "slide" and args.batch != 1:
         raise ValueError("--mode slide runs one image at a time (its windows form the batch): "
                          "use --batch 1")
+    if args.backend != "torch" and (args.batch != 1 or args.mode != "whole" or args.compile
+                                    or args.dtype != "fp32" or h % 32 or w % 32):
+        raise ValueError(f"--backend {args.backend} runs the exported fp32 whole-image model: use --batch 1, "
+                         f"--mode whole, --dtype fp32, no --compile and a --size of multiples of 32")
+
+
+def check_precision(args, device: torch.device, features: CPUFeatures) -> None:
+    """Raise ValueError (one line) on a precision this device cannot run usefully: bf16 on a CPU
+    without bf16 units (emulated, ~100x slower than fp32), int8 off the CPU or with another dtype."""
+    if args.quantize == "int8" and (device.type != "cpu" or args.dtype != "fp32"):
+        raise ValueError(f"--quantize int8 runs on the CPU with --dtype fp32, got device "
+                         f"{device.type} and --dtype {args.dtype}")
+    if device.type == "cpu" and args.dtype == "bf16" and features.bf16_refusal():
+        raise ValueError(f"--dtype bf16 refused: {features.bf16_refusal()}")
 
 
 def random_inputs(batch: int, height: int, width: int, seed: int = 0) -> List[Dict]:
@@ -192,6 +228,29 @@ def inference_params(model: torch.nn.Module) -> int:
     return counts["total"] - counts["aux head (training only)"]
 
 
+def semantic_scores(model: torch.nn.Module, inputs: List[Dict]) -> List[torch.Tensor]:
+    """The ``sem_seg`` scores ``[K, H, W]`` of one float32 ``model(inputs)`` call."""
+    with torch.no_grad():
+        return [o["sem_seg"].float() for o in model(inputs)]
+
+
+def score_agreement(reference: List[torch.Tensor], scores: List[torch.Tensor]) -> Dict[str, float]:
+    """How close ``scores`` are to the float32 ``reference`` (lists of ``[K, H, W]``).
+
+    Returns:
+        ``argmax_agreement_vs_fp32``: fraction of the pixels with the same top class;
+        ``scores_rel_l2_vs_fp32``: ||scores - reference|| / ||reference|| over all images.
+    """
+    same = sum((s.argmax(0) == r.argmax(0)).sum().item() for s, r in zip(scores, reference))
+    pixels = sum(r[0].numel() for r in reference)
+    diff = sum(((s.float() - r) ** 2).sum().item() for s, r in zip(scores, reference))
+    norm = sum((r**2).sum().item() for r in reference)
+    return {
+        "argmax_agreement_vs_fp32": round(same / pixels, 5),
+        "scores_rel_l2_vs_fp32": float(f"{(diff / max(norm, 1e-30)) ** 0.5:.3g}"),
+    }
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -204,21 +263,43 @@ def benchmark(args) -> Dict[str, object]:
         torch.set_num_threads(args.threads)
     cfg = setup(args)
     device = torch.device(cfg.MODEL.DEVICE)
+    features = detect_cpu_features()
+    check_precision(args, device, features)
     dtype = DTYPES[args.dtype]
     weights = cfg.MODEL.WEIGHTS
     if weights and "://" not in weights and not os.path.isfile(weights):
         raise ValueError(f"{weights}: MODEL.WEIGHTS file does not exist")
+    malloc_retained = device.type == "cpu" and retain_freed_memory()
     model = build_model(cfg).eval()
     if weights:
         HAPNetCheckpointer(model, allow_unsafe=cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS).load(weights)
     inputs = random_inputs(args.batch, *args.size)
+    params = inference_params(model)
+    exported, exported_report, workdir = None, {}, None
+    if args.backend != "torch":  # exported from the fp32 model, int8 by ONNX Runtime's quantizer
+        workdir = tempfile.TemporaryDirectory(prefix="hapnet_benchmark_")
+        exported, exported_report = benchmark_backend(args.backend, model, cfg, inputs, workdir.name,
+                                                      torch.get_num_threads(), args.quantize)
+    # CPU: the model converted once (fp32 / bf16 / int8); fp16 and GPUs: autocast
+    precision = "int8" if args.quantize == "int8" else args.dtype
+    converted = exported is None and device.type == "cpu" and precision in ("fp32", "bf16", "int8")
+    reference, gflops = None, None
+    if converted and precision != "fp32":
+        # float32 scores of the same inputs and the FLOPs, before the weights change
+        reference = semantic_scores(model, inputs)
+        gflops = inference_gflops(model, inputs)
+    if converted:
+        prepare_for_cpu_inference(model, precision)
+    autocast_dtype = torch.float32 if converted else dtype
     eager_parts = model.backbone, model.sem_seg_head
     if args.compile:
         model.backbone = torch.compile(model.backbone)
         model.sem_seg_head = torch.compile(model.sem_seg_head)
 
     def run():
-        with torch.no_grad(), autocast(device.type, dtype):
+        if exported is not None:
+            return exported()
+        with torch.no_grad(), autocast(device.type, autocast_dtype):
             return model(inputs)
 
     if device.type == "cuda":
@@ -232,13 +313,18 @@ def benchmark(args) -> Dict[str, object]:
     # FLOPs are counted on the eager modules, after timing so that tracing does not raise the
     # peak RSS first
     model.backbone, model.sem_seg_head = eager_parts
-    gflops = inference_gflops(model, inputs)
+    if gflops is None:
+        gflops = inference_gflops(model, inputs)
     gemm_peak = statistics.median(gemm_peaks)
+    agreement = {}
+    if reference is not None:
+        agreement = score_agreement(reference, [o["sem_seg"] for o in run()])
 
     p50 = statistics.median(times)
     p90 = float(np.percentile(times, 90))
+    cpu = {"cpu_features": features.names(), "cpu_capability": features.capability}
     return {
-        "params": inference_params(model),
+        "params": params,
         "gflops": round(gflops, 2),
         "latency_ms_p50": round(1000 * p50, 1),
         "latency_ms_p90": round(1000 * p90, 1),
@@ -253,6 +339,14 @@ def benchmark(args) -> Dict[str, object]:
         "compile": args.compile,
         "threads": torch.get_num_threads(),
         "device": device.type,
+        "quantize": args.quantize,
+        "backend": args.backend,
+        "inference_path": (f"exported {args.backend} {precision}" if exported is not None
+                           else f"converted {precision}" if converted else f"autocast {args.dtype}"),
+        **exported_report,
+        **agreement,
+        **(cpu if device.type == "cpu" else {}),
+        "malloc_retained": malloc_retained,
     }
 
 
