@@ -19,6 +19,8 @@ ENTRY_POINTS = [
     "tools/validate_dataset.py",
     "datasets/prepare_nyu_hha.py",
     "datasets/prepare_panoptic_from_semantic.py",
+    "tools/deploy/export_model.py",
+    "tools/deploy/onnx_infer.py",
 ]
 
 
