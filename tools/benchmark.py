@@ -25,7 +25,8 @@ AVX-512-BF16, AMX). ``--quantize int8`` runs the Linear layers int8-quantized (d
 quantization, for CPUs without bf16 units) and reports ``argmax_agreement_vs_fp32`` and
 ``scores_rel_l2_vs_fp32`` against float32 scores of the same inputs (bf16 reports them too).
 ``fp16`` and GPU runs use ``torch.autocast`` (the deformable attention sampling, its softmax and
-the normalisations stay in float32). With ``--json`` the last line printed is one JSON object.
+the normalisations stay in float32). With ``--json`` the last line printed is one JSON object
+(a list of them, one per backend, for several ``--backend`` values).
 
 ``--backend torchscript|onnxruntime`` exports the fp32 model at ``--size`` (hapnet_d2.export, as
 tools/deploy/export_model.py) and times that runtime on the same input (one image, whole-image);
@@ -69,6 +70,15 @@ GEMM_MIN_SIZE, GEMM_MAX_SIZE, GEMM_TARGET_SECONDS = 256, 4096, 0.25
 logger = logging.getLogger("hapnet_d2.benchmark")
 
 
+def backend_list(text: str) -> List[str]:
+    """``--backend`` value: one backend or several, comma-separated, each one of BACKENDS."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in BACKENDS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected backends from {', '.join(BACKENDS)}, comma-separated")
+    return names
+
+
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -87,10 +97,12 @@ def get_parser() -> argparse.ArgumentParser:
                         help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--quantize", choices=["none", "int8"], default="none",
                         help="int8 dynamic quantization of the Linear layers (CPU, --dtype fp32)")
-    parser.add_argument("--backend", choices=BACKENDS, default="torch",
+    parser.add_argument("--backend", type=backend_list, default=["torch"], metavar="{" + ",".join(BACKENDS) + "}[,...]",
                         help="torch: the PyTorch model; torchscript / onnxruntime: the model exported at "
                         "--size (tools/deploy/export_model.py) and run by that runtime (fp32, batch 1, "
-                        "whole-image; with --quantize int8, ONNX Runtime's dynamic int8 quantization)")
+                        "whole-image; with --quantize int8, ONNX Runtime's dynamic int8 quantization). "
+                        "Several, comma-separated (e.g. torch,torchscript,onnxruntime): measured one after "
+                        "the other in this run and compared side by side (latency ratio to the first)")
     parser.add_argument("--json", action="store_true", help="print a JSON object last")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return parser
@@ -350,21 +362,35 @@ def benchmark(args) -> Dict[str, object]:
     }
 
 
+def compare_backends(reports: List[Dict[str, object]]) -> str:
+    """A side-by-side table of several backends' reports: latency, FPS, ratio to the first."""
+    first = reports[0]["latency_ms_p50"]
+    rows = [[r["inference_path"], r["latency_ms_p50"], r["fps"], round(r["latency_ms_p50"] / first, 3),
+             r.get("argmax_agreement_vs_fp32", "")] for r in reports]
+    return tabulate(rows, headers=["backend", "p50 ms", "FPS", "p50 / first", "argmax vs fp32"],
+                    tablefmt="github")
+
+
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     setup_logger(name="fvcore", abbrev_name="fvcore")
     setup_logger(name="hapnet_d2", abbrev_name="hapnet")
     logging.getLogger("fvcore").setLevel(logging.ERROR)
-    try:
-        report = benchmark(args)
-    except ValueError as e:
-        print(f"benchmark.py: error: {e}", file=sys.stderr)
-        return 2
-    rows = [[k, v] for k, v in report.items()]
-    logger.info("Inference benchmark of %s:\n%s", args.config_file,
-                tabulate(rows, headers=["metric", "value"], tablefmt="github"))
-    if args.json:
-        print(json.dumps(report), flush=True)
+    reports = []
+    for backend in args.backend:
+        try:
+            report = benchmark(argparse.Namespace(**{**vars(args), "backend": backend}))
+        except ValueError as e:
+            print(f"benchmark.py: error: {e}", file=sys.stderr)
+            return 2
+        rows = [[k, v] for k, v in report.items()]
+        logger.info("Inference benchmark of %s:\n%s", args.config_file,
+                    tabulate(rows, headers=["metric", "value"], tablefmt="github"))
+        reports.append(report)
+    if len(reports) > 1:
+        logger.info("Backends compared (%s, %dx%d):\n%s", args.config_file, *args.size, compare_backends(reports))
+    if args.json:  # one object per backend: one object, or a list of them
+        print(json.dumps(reports[0] if len(reports) == 1 else reports), flush=True)
     return 0
 
 

@@ -46,3 +46,14 @@ def test_onnxruntime_backend_reports_the_torch_keys_and_agrees_with_pytorch(caps
     assert report["backend"] == "onnxruntime" and report["inference_path"] == "exported onnxruntime fp32"
     assert report["argmax_agreement_vs_fp32"] == 1.0 and report["scores_rel_l2_vs_fp32"] < 1e-5
     assert report["latency_ms_p50"] > 0 and report["gflops"] > 0
+
+
+def test_several_backends_in_one_run_are_compared_side_by_side(capsys):
+    code, captured = _report(capsys, "--backend", "torch,torch")
+    assert code == 0, captured.err
+    reports = json.loads(captured.out.strip().splitlines()[-1])
+    assert [r["backend"] for r in reports] == ["torch", "torch"]
+    table = benchmark.compare_backends(reports)
+    ratio = round(reports[1]["latency_ms_p50"] / reports[0]["latency_ms_p50"], 3)
+    assert float(table.splitlines()[2].split("|")[4]) == 1.0  # the first row is the reference
+    assert float(table.splitlines()[3].split("|")[4]) == ratio
