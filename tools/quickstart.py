@@ -93,19 +93,22 @@ def main():
     print(f"{name}: synthetic test {headline}; results in {out}/results*.json, visualisations in {vis_dir}")
 
 
+def _fmt(value) -> str:
+    """One decimal, or '-' for an undefined value (null in results.json, or NaN)."""
+    return "-" if value is None or value != value else f"{value:.1f}"
+
+
 def summary(metrics) -> str:
-    """'mIoU M, night mIoU N (day D)' from the evaluator's metrics."""
-    night = metrics.get("sem_seg_night", {}).get("mIoU", float("nan"))
-    day = metrics.get("sem_seg_day", {}).get("mIoU", float("nan"))
-    return f"mIoU {metrics['sem_seg']['mIoU']:.1f}, night mIoU {night:.1f} (day {day:.1f})"
+    """'mIoU M, night mIoU N (day D)' from the evaluator's metrics ('-' where undefined)."""
+    night = metrics.get("sem_seg_night", {}).get("mIoU")
+    day = metrics.get("sem_seg_day", {}).get("mIoU")
+    return f"mIoU {_fmt(metrics.get('sem_seg', {}).get('mIoU'))}, night mIoU {_fmt(night)} (day {_fmt(day)})"
 
 
 def panoptic_summary(metrics) -> str:
     """'PQ P, night PQ N (day D), PQ_th T, PQ_st S, AP A, mIoU M, night mIoU N' from the metrics of
     the panoptic evaluation."""
-    def f(value):  # undefined values (no thing or stuff present) are null in results.json
-        return "-" if value is None else f"{value:.1f}"
-
+    f = _fmt  # undefined values (no thing or stuff present) are null in results.json
     pq = metrics["panoptic_seg"]
     night = metrics.get("panoptic_seg_night", {}).get("PQ")
     day = metrics.get("panoptic_seg_day", {}).get("PQ")

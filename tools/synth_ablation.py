@@ -104,7 +104,9 @@ def main():
     panoptic = args.task == "panoptic"
     default_config, test_set = TASKS[args.task]
     config_file = args.config_file or default_config
-    output = args.output or ("output/synth_ablation_panoptic" if panoptic else "output/synth_ablation")
+    # train_net.py runs in the checkout: a relative --output is made absolute here, so that it is
+    # relative to the directory the command was started from
+    output = os.path.abspath(args.output or ("output/synth_ablation_panoptic" if panoptic else "output/synth_ablation"))
 
     get_hapnet_cfg_or_exit(os.path.join(REPO_ROOT, config_file), args.opts)  # config errors: one line, exit 2
     rows = []

@@ -32,9 +32,10 @@ __all__ = ["DEFAULT_THING_CLASSES", "panoptic_ids_from_semantic", "convert_split
 PANOPTIC_DIRNAME = "panoptic"
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
-# thing classes per dataset format (class names); every other class is stuff
+# thing classes per dataset format (class names); every other class is stuff. MFNet: the countable
+# objects, color_cone included, as in the synthetic panoptic data (same class list)
 DEFAULT_THING_CLASSES = {
-    "mfnet": ("car", "person", "bike"),
+    "mfnet": ("car", "person", "bike", "color_cone"),
     "kp": ("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"),
     "pst900": ("fire_extinguisher", "backpack", "hand_drill", "survivor"),
 }

@@ -62,7 +62,8 @@ def test_converter_writes_what_registration_and_panopticapi_read(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads((root / "panoptic" / "panoptic_test.json").read_text())
-    assert [c["name"] for c in data["categories"] if c["isthing"]] == ["car", "person", "bike"]
+    # color_cone is a thing, as in the synthetic panoptic data
+    assert [c["name"] for c in data["categories"] if c["isthing"]] == ["car", "person", "bike", "color_cone"]
     assert [im["condition"] for im in data["images"]] == ["day", "night"]
 
     register_converted_panoptic("test_conv_mfnet_rgbt", str(root), ["test", "val"], load_mfnet_split, True)
@@ -71,7 +72,7 @@ def test_converter_writes_what_registration_and_panopticapi_read(tmp_path):
         assert "test_conv_mfnet_rgbt_panoptic_val" not in DatasetCatalog.list()  # not converted
         dicts = DatasetCatalog.get(name)
         meta = MetadataCatalog.get(name)
-        assert meta.evaluator_type == "rgbt_panoptic" and meta.thing_dataset_id_to_contiguous_id == {2: 1, 3: 2, 4: 3}
+        assert meta.evaluator_type == "rgbt_panoptic" and meta.thing_dataset_id_to_contiguous_id == {2: 1, 3: 2, 4: 3, 8: 7}
         first = dicts[0]
         ids = read_panoptic_png(first["pan_seg_file_name"])
         label = np.array(Image.open(first["sem_seg_file_name"]))
