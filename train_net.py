@@ -87,10 +87,11 @@ class _DropUserErrorTracebacks(logging.Filter):
 
 def hide_user_error_tracebacks_on_console() -> None:
     """Keep user-error tracebacks out of the console handlers of Detectron2's loggers; the
-    file handler (``OUTPUT_DIR/log.txt``) still records them."""
+    log file (``OUTPUT_DIR/log.txt``, also a ``StreamHandler`` in Detectron2) still records them."""
+    consoles = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
     for name in ("detectron2", "fvcore"):
         for handler in logging.getLogger(name).handlers:
-            if not isinstance(handler, logging.FileHandler) and isinstance(handler, logging.StreamHandler):
+            if isinstance(handler, logging.StreamHandler) and any(handler.stream is c for c in consoles):
                 handler.addFilter(_DropUserErrorTracebacks())
 
 

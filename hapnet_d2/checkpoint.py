@@ -302,7 +302,7 @@ class HAPNetCheckpointer(DetectionCheckpointer):
         unloaded = sum(per_prefix.values())
         if total == 0 or unloaded <= self.max_unloaded_fraction * total:
             return
-        largest = sorted(per_prefix.items(), key=lambda kv: -kv[1])[:3]
+        largest = sorted(per_prefix.items(), key=lambda kv: (-kv[1], kv[0]))[:3]  # ties by name: deterministic
         where = ", ".join(f"{p}.* ({n:,})" for p, n in largest)
         file_prefixes = sorted({_prefix(k) for k in incompatible.unexpected_keys})[:3]
         theirs = f"; the file's unused keys start with {', '.join(p + '.*' for p in file_prefixes)}" if file_prefixes else ""

@@ -55,7 +55,8 @@ def test_file_matching_no_key_is_refused_with_count_and_prefixes(tmp_path):
     assert path in message
     # 27 float values, by hand; num_batches_tracked (an integer) is not a parameter value
     assert "27 of the model's 27 parameter values (100.0%)" in message
-    assert "body.weight.* (12)" in message and "norm.running_mean.* (3)" in message
+    # the three largest groups, ties broken by name (not by set order, which varies per process)
+    assert "e.g. body.weight.* (12), body.bias.* (3), norm.bias.* (3)" in message
     assert "encoder.layer.*" in message  # the file's own keys, to recognise what it is
     assert "MODEL.ALLOW_PARTIAL_WEIGHTS True" in message
 
