@@ -45,7 +45,7 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
     # ONNX export (torch.onnx's exporter needs onnxscript) and ONNX Runtime inference
     "export": ["onnx>=1.17,<1.24", "onnxruntime>=1.20,<1.33", "onnxscript>=0.5,<0.8"],
-    "dev": ["pytest>=8"],
+    "dev": ["pytest>=8", "pytest-xdist>=3"],
 }
 
 setup(

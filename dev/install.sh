@@ -35,7 +35,7 @@ CONSTRAINTS="$(pwd)/requirements/constraints.txt"
 echo "[install] runtime dependencies (versions from requirements/constraints.txt)"
 $PIP install -q -c "$CONSTRAINTS" numpy opencv-python-headless ml_dtypes timm fvcore iopath pycocotools \
   termcolor yacs tabulate cloudpickle tqdm omegaconf hydra-core matplotlib tensorboard packaging \
-  pillow scipy panopticapi-lite scikit-image onnx onnxruntime onnxscript pytest installer wheel setuptools
+  pillow scipy panopticapi-lite scikit-image onnx onnxruntime onnxscript pytest pytest-xdist installer wheel setuptools
 
 # Detectron2 (the sal-detectron2 wheel, unpacked: pip refuses its cp310 tag on 3.11+) and black
 dev/install_detectron2.sh "$PY"
