@@ -102,6 +102,11 @@ def test_pq_equals_panopticapi_by_subset(case, capsys):
             for m in ("pq", "sq", "rq"):
                 assert metrics[key][m.upper() + suffix] == pytest.approx(100 * ref[group][m], abs=1e-6), (key, group, m)
     assert metrics["panoptic_seg"]["PQ"] < 100.0  # the edits cost something
+    # a class absent from both ground truth and prediction (color_cone, id 8) is left out of the
+    # averages, as in pq_compute (compared above), and its own PQ is undefined, not 0
+    used = {s["category_id"] for ann in gt["annotations"] + pred_anns for s in ann["segments_info"]}
+    assert 8 not in used and all(c in used for c in (1, 2, 3, 4))
+    assert metrics["panoptic_seg"]["PQ-color_cone"] is None  # NaN is written as null in results.json
 
 
 def test_semantic_label_folder(case, tmp_path):
