@@ -37,6 +37,11 @@ if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+# under pytest-xdist (`make test`: 2 workers on 2 cores) each worker computes on one thread, so that
+# the two do not oversubscribe the cores; the child processes tests start keep their own defaults
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 from hapnet_d2.config import get_hapnet_cfg  # noqa: E402
 
 # real samples shared by the team (MFNet frame, KP split lists); tests using them skip if absent
