@@ -87,6 +87,7 @@ def trained_tiny(tmp_path_factory):
     return prepare_trained_tiny(base, TEST_DATASETS_ROOT)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the group marks
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (``make test``: ``-n 2 --dist loadgroup``) all tests of ``trained_tiny``
     run in one worker, so that the model is trained once, not once per worker."""
