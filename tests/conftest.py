@@ -2,7 +2,7 @@
 
 Generated datasets never go into the checkout: before the package registers its datasets (at
 import, from ``$DETECTRON2_DATASETS``), ``DETECTRON2_DATASETS`` is pointed at a temporary folder
-(``$HAPNET_TEST_CACHE_DIR/datasets`` when that is set, reused across runs), and child processes
+(``$HAPNET_TEST_CACHE_DIR/datasets[-<xdist worker>]`` when that is set, reused across runs), and child processes
 inherit it. An autouse check fails any test that adds files to the checkout's ``datasets/`` or
 ``output/``.
 """
@@ -20,7 +20,9 @@ def _test_datasets_root() -> str:
     """The DETECTRON2_DATASETS of the test session: in the cache dir, else a temporary folder
     removed at exit."""
     if CACHE_DIR:
-        root = os.path.join(CACHE_DIR, "datasets")
+        # one folder per pytest-xdist worker: two workers must not generate the same files at once
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+        root = os.path.join(CACHE_DIR, f"datasets-{worker}" if worker else "datasets")
         os.makedirs(root, exist_ok=True)
         return root
     root = tempfile.mkdtemp(prefix="hapnet_test_datasets_")
@@ -42,6 +44,7 @@ import torch  # noqa: E402
 # the two do not oversubscribe the cores; the child processes tests start keep their own defaults
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
+
 from hapnet_d2.config import get_hapnet_cfg  # noqa: E402
 
 # real samples shared by the team (MFNet frame, KP split lists); tests using them skip if absent
