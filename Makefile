@@ -23,14 +23,14 @@ quickstart: install
 quickstart-panoptic: install
 	$(PY) tools/quickstart.py --task panoptic --output output/quickstart-panoptic
 
-## test: the whole suite, slow end-to-end tests included, on 2 worker processes (many tests wait on
-## subprocess start-up, single-threaded); tests of the trained tiny model share one worker
+## test: the whole suite, slow end-to-end tests included, on 2 pytest-xdist workers of one torch
+## thread each (many tests wait on subprocess start-up)
 test: install
-	$(PY) -m pytest tests -q -n 2 --dist loadgroup
+	$(PY) -m pytest tests -q -n 2
 
 ## test-fast: skip tests marked slow
 test-fast: install
-	$(PY) -m pytest tests -q -n 2 --dist loadgroup -m "not slow"
+	$(PY) -m pytest tests -q -n 2 -m "not slow"
 
 ## synth-ablation: input strategies D / E / I of the paper's Table 5 on the synthetic data
 synth-ablation: install

@@ -90,15 +90,6 @@ def trained_tiny(tmp_path_factory):
     return prepare_trained_tiny(base, TEST_DATASETS_ROOT)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the group marks
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (``make test``: ``-n 2 --dist loadgroup``) all tests of ``trained_tiny``
-    run in one worker, so that the model is trained once, not once per worker."""
-    for item in items:
-        if "trained_tiny" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("trained_tiny"))
-
-
 # folders of the checkout that tests must not write into (generated data, training outputs)
 CHECKOUT_OUTPUT_FOLDERS = ("datasets", "output")
 
