@@ -6,14 +6,15 @@ would run it (same entry point, logging with ETA, checkpoints), and the numbers 
 """
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from typing import Dict, List, Sequence
 
 from hapnet_d2.evaluation import report_dir
 
-__all__ = ["REPO_ROOT", "train_and_evaluate", "load_results"]
-
+__all__ = ["REPO_ROOT", "train_and_evaluate", "load_results", "run_child"]
 
 
 def _find_checkout() -> str:
@@ -50,4 +51,32 @@ def train_and_evaluate(config_file: str, output_dir: str, opts: Sequence[str] = 
     cmd = [sys.executable, os.path.join(REPO_ROOT, "train_net.py"), "--config-file", config_file,
            "--resume", *extra_args, "OUTPUT_DIR", output_dir, *opts]
     print("+ " + " ".join(cmd), flush=True)
-    return subprocess.call(cmd, cwd=REPO_ROOT)
+    return run_child(cmd, cwd=REPO_ROOT)
+
+
+def run_child(cmd: Sequence[str], cwd: str) -> int:
+    """Run ``cmd`` and return its exit code; if this process is told to stop (SIGTERM, SIGHUP,
+    Ctrl-C) while it waits, the child is stopped too (SIGTERM, then SIGKILL after 10 s) instead
+    of being left running as an orphan, and this process then exits with 128 + the signal."""
+    child = subprocess.Popen(list(cmd), cwd=cwd)
+    stopped_at = {}  # signal number -> time it arrived
+
+    def stop(signum, _frame):
+        stopped_at.setdefault(signum, time.monotonic())
+        child.terminate()
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    try:
+        while True:
+            try:
+                code = child.wait(timeout=1)
+                break
+            except subprocess.TimeoutExpired:
+                if stopped_at and time.monotonic() - min(stopped_at.values()) > 10:
+                    child.kill()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if stopped_at:
+        sys.exit(128 + next(iter(stopped_at)))
+    return code

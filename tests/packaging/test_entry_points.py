@@ -33,3 +33,19 @@ def test_help_from_another_directory_without_warnings(script, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "usage:" in result.stdout
     assert "Warning" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("script", ["demo/demo.py", "tools/validate_dataset.py"])
+def test_without_detectron2_a_script_stops_with_one_line_naming_the_install_command(script, tmp_path):
+    # Detectron2 hidden (None in sys.modules makes `import detectron2` fail as if not installed)
+    hide_and_run = ("import runpy, sys; sys.modules['detectron2'] = None; "
+                    f"sys.argv = [{os.path.join(REPO, script)!r}, '--help']; "
+                    "runpy.run_path(sys.argv[0], run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", hide_and_run], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    install = os.path.join(REPO, "dev", "install_detectron2.sh")
+    assert lines[0].startswith(f"{os.path.basename(script)}: HAPNet-D2 needs Detectron2"), lines[0]
+    assert f"{install} {sys.executable}" in lines[0]
