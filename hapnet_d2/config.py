@@ -83,6 +83,10 @@ def add_hapnet_config(cfg):
     # to the crop's window, both on BEiT's geometric grid: "bicubic" (the official BEiT/HAPNet
     # loader: a bicubic interpolating spline) or "linear" (timm's default)
     cfg.MODEL.HAPNET.VFM_REL_POS_RESIZE = "bicubic"
+    # inference keeps each block's relative-position bias [1, heads, N, N] per input size instead of
+    # gathering it every call (bit-identical; the reference model at 480x480: ~470 MB, 4 sizes at
+    # most); False saves that memory for the gathers' time (docs/SPEED.md)
+    cfg.MODEL.HAPNET.VFM_CACHE_REL_POS_BIAS = True
     # cross-modal spatial prior descriptor: a timm ConvNeXt
     cfg.MODEL.HAPNET.CSPD_NAME = "convnext_small"
     cfg.MODEL.HAPNET.CSPD_DROP_PATH = 0.3

@@ -1,6 +1,5 @@
 """BEiT's relative position bias cached per token grid: the same tensors as the uncached gather,
 recomputed when the weights or the input size change, never cached where it must not be."""
-import functools
 
 import pytest
 import torch
@@ -109,21 +108,24 @@ def test_no_caching_with_grad_or_under_tracing(beit, monkeypatch):
 
 def test_cached_model_scores_are_bit_identical_to_uncached(tiny_cfg):
     """The whole tiny HAPNet with the cache (two calls: the second uses it) against the same
-    model with every block on the uncached gather."""
+    weights built with MODEL.HAPNET.VFM_CACHE_REL_POS_BIAS False, which caches nothing."""
     torch.manual_seed(0)
     model = build_model(tiny_cfg).eval()
     model.test_mode = "whole"
-    vfm = model.backbone.vfm
-    for block in vfm.vfm.blocks:
+    for block in model.backbone.vfm.vfm.blocks:
         torch.nn.init.normal_(block.attn.relative_position_bias_table, std=0.5)
+    uncached_cfg = tiny_cfg.clone()
+    uncached_cfg.MODEL.HAPNET.VFM_CACHE_REL_POS_BIAS = False
+    uncached_model = build_model(uncached_cfg).eval()
+    uncached_model.test_mode = "whole"
+    uncached_model.load_state_dict(model.state_dict())
     x = rgbt_pair(64, 96)
     del x["sem_seg"]
     with torch.no_grad():
         cached = [model([x])[0]["sem_seg"] for _ in range(2)]
-        assert all(relative_position_bias_cache_of(b.attn) for b in vfm.vfm.blocks)
-        for block in vfm.vfm.blocks:
-            block.attn._get_rel_pos_bias = functools.partial(relative_position_bias, block.attn)
-        uncached = model([x])[0]["sem_seg"]
+        uncached = uncached_model([x])[0]["sem_seg"]
+    assert all(relative_position_bias_cache_of(b.attn) for b in model.backbone.vfm.vfm.blocks)
+    assert not any(relative_position_bias_cache_of(b.attn) for b in uncached_model.backbone.vfm.vfm.blocks)
     assert torch.equal(cached[0], uncached) and torch.equal(cached[1], uncached)
 
 

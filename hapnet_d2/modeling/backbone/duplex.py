@@ -139,6 +139,7 @@ def build_duplex_encoder(cfg) -> nn.Module:
             drop_path_rate=d.DROP_PATH,
             layer_scale_init=h.VFM_LAYER_SCALE_INIT,
             extra_kwargs=dict(h.VFM_KWARGS),
+            cache_rel_pos_bias=h.VFM_CACHE_REL_POS_BIAS,
         )
         return ViTPyramidEncoder(vfm=vfm, norm=resolve_norm(h.OUT_NORM))
     return CNNEncoder(name=d.ENCODER, drop_path_rate=d.DROP_PATH, img_size=tuple(cfg.INPUT.CROP.SIZE))

@@ -130,6 +130,7 @@ class HAPNetBackbone(Backbone):
             drop_path_rate=h.VFM_DROP_PATH,
             layer_scale_init=h.VFM_LAYER_SCALE_INIT,
             extra_kwargs=dict(h.VFM_KWARGS),
+            cache_rel_pos_bias=h.VFM_CACHE_REL_POS_BIAS,
         )
         cspd = CSPD(
             name=h.CSPD_NAME,

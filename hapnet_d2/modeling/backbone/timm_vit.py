@@ -131,6 +131,7 @@ class TimmViT(nn.Module):
         drop_path_rate: float = 0.0,
         layer_scale_init: float = 0.0,
         extra_kwargs: Dict = None,
+        cache_rel_pos_bias: bool = True,
     ):
         """
         Args:
@@ -142,6 +143,9 @@ class TimmViT(nn.Module):
             layer_scale_init: layer-scale init value; 0 keeps the timm model's own default
                 (use 0 for models without layer scale, such as DeiT).
             extra_kwargs: more keyword arguments for ``timm.create_model``.
+            cache_rel_pos_bias: in no-grad inference, keep each block's relative-position bias
+                per token grid (:func:`cached_relative_position_bias`) instead of gathering it
+                from the table every call.
         """
         super().__init__()
         kwargs = dict(extra_kwargs or {})
@@ -182,7 +186,7 @@ class TimmViT(nn.Module):
         self.depth = depth
         self.num_prefix_tokens = getattr(self.vfm, "num_prefix_tokens", 1)
         self.is_beit = hasattr(self.vfm, "rel_pos_bias")
-        for block in self.vfm.blocks:
+        for block in self.vfm.blocks if cache_rel_pos_bias else ():
             if getattr(block.attn, "relative_position_bias_table", None) is not None:
                 # instance attribute shadowing timm's method (see cached_relative_position_bias)
                 block.attn._get_rel_pos_bias = functools.partial(cached_relative_position_bias, block.attn)
