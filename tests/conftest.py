@@ -82,11 +82,17 @@ def rgbt_pair(height: int, width: int, num_classes: int = 9, seed: int = 0):
 def trained_tiny(tmp_path_factory):
     """The tiny model trained on ``synth_rgbt_train`` (tests/trained_tiny.py): a mapping with
     ``config_file``, ``weights``, ``datasets_root`` and ``cfg(opts=())`` (a fresh CfgNode with
-    ``MODEL.WEIGHTS`` set). Trained once per session, or once per cache key with
-    ``HAPNET_TEST_CACHE_DIR``; tests using it are ``@pytest.mark.slow``."""
+    ``MODEL.WEIGHTS`` set). Trained once per test run (pytest-xdist workers share the run's base
+    temporary folder; the first trains on all cores, the others wait on its lock), or once per
+    cache key with ``HAPNET_TEST_CACHE_DIR``; tests using it are ``@pytest.mark.slow``."""
     from trained_tiny import prepare_trained_tiny
 
-    base = CACHE_DIR or str(tmp_path_factory.mktemp("trained_tiny"))
+    if CACHE_DIR:
+        base = CACHE_DIR
+    elif os.environ.get("PYTEST_XDIST_WORKER"):
+        base = str(tmp_path_factory.getbasetemp().parent)  # the run's folder, above the workers' own
+    else:
+        base = str(tmp_path_factory.mktemp("trained_tiny"))
     return prepare_trained_tiny(base, TEST_DATASETS_ROOT)
 
 

@@ -161,7 +161,13 @@ def _train(config_file: str, weights_dir: str) -> None:
     seed_all_rng(SEED)  # model init and the sampler's shared seed
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
-    trainer.train()
+    threads = torch.get_num_threads()
+    # every core: under pytest-xdist the other workers that need this model wait on the lock
+    torch.set_num_threads(os.cpu_count() or threads)
+    try:
+        trainer.train()
+    finally:
+        torch.set_num_threads(threads)
     HAPNetCheckpointer(trainer.model, weights_dir).save(WEIGHTS_NAME)  # atomic
     shutil.rmtree(work_dir, ignore_errors=True)
 
