@@ -16,7 +16,6 @@ same model's mIoU, ending with one line ``quickstart-panoptic: synthetic test PQ
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 
 import hapnet_d2  # noqa: F401  (first: registration, and the filter for Detectron2's import-time warnings)
@@ -24,7 +23,7 @@ from detectron2.data import DatasetCatalog
 
 from hapnet_d2.config import get_hapnet_cfg_or_exit
 from hapnet_d2.evaluation import report_dir
-from hapnet_d2.utils.runs import REPO_ROOT, load_results, train_and_evaluate
+from hapnet_d2.utils.runs import REPO_ROOT, load_results, run_child, train_and_evaluate
 
 TASKS = {
     # task: (default config, test set, name in the final line)
@@ -72,12 +71,14 @@ def main():
 
     examples = pick_examples(test_set, args.num_vis)
     vis_dir = os.path.join(out, "visualizations")
-    subprocess.check_call(
+    code = run_child(
         [sys.executable, os.path.join(REPO_ROOT, "demo", "demo.py"), "--config-file", config_file,
          "--rgbt", *examples, "--output", vis_dir, "--dataset-name", test_set,
          "--opts", "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"), *args.opts],
         cwd=REPO_ROOT,
     )
+    if code != 0:
+        sys.exit(f"{name}: the demo (visualisations) failed with exit code {code}; its messages are above")
     if args.task == "panoptic":
         metrics = load_results(out, test_set)["metrics"]
         print(f"{name}: synthetic test {panoptic_summary(metrics)}; results in {out}/results.json, "

@@ -114,3 +114,29 @@ def test_ablation_relative_output_is_relative_to_the_working_directory(tmp_path,
         ablation.main()
     # train_net.py runs in the checkout: the tool must pass the absolute path under the cwd
     assert trained == [os.path.join(str(tmp_path), "rel_out", "strategy_D")]
+
+
+def test_quickstart_demo_failure_is_one_line_and_runs_the_demo_as_a_stoppable_child(tmp_path, monkeypatch):
+    """A failing demo step ends the quickstart with one line (not check_call's traceback), and the
+    demo runs through run_child, which stops it when the quickstart is stopped."""
+    quickstart = _load_tool("quickstart")
+    out = tmp_path / "qs"
+
+    def fake_training(config_file, output_dir, opts):
+        folder = os.path.join(output_dir, "inference", "synth_rgbt_test")
+        os.makedirs(folder)
+        with open(os.path.join(folder, "results.json"), "w") as f:
+            json.dump({"metrics": {"sem_seg": {"mIoU": 1.0}}}, f)
+        with open(os.path.join(folder, "table.md"), "w") as f:
+            f.write("| Subset |\n")
+        return 0
+
+    children = []
+    monkeypatch.setattr(quickstart, "train_and_evaluate", fake_training)
+    monkeypatch.setattr(quickstart, "pick_examples", lambda test_set, n: ["a.png"])
+    monkeypatch.setattr(quickstart, "run_child", lambda cmd, cwd: children.append(cmd) or 3)
+    monkeypatch.setattr(sys, "argv", ["quickstart.py", "--output", str(out), "TEST.AUG.ENABLED", "False"])
+    with pytest.raises(SystemExit) as stop:
+        quickstart.main()
+    assert str(stop.value) == "quickstart: the demo (visualisations) failed with exit code 3; its messages are above"
+    assert len(children) == 1 and children[0][1].endswith(os.path.join("demo", "demo.py"))
