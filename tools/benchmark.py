@@ -26,7 +26,8 @@ quantization, for CPUs without bf16 units) and reports ``argmax_agreement_vs_fp3
 ``scores_rel_l2_vs_fp32`` against float32 scores of the same inputs (bf16 reports them too).
 ``fp16`` and GPU runs use ``torch.autocast`` (the deformable attention sampling, its softmax and
 the normalisations stay in float32). With ``--json`` the last line printed is one JSON object
-(a list of them, one per backend, for several ``--backend`` values).
+(a list of them, one per run, for several ``--backend`` or ``--dtype`` values: ``--dtype fp32,bf16``
+measures both precisions in one run).
 
 ``--backend torchscript|onnxruntime`` exports the fp32 model at ``--size`` (hapnet_d2.export, as
 tools/deploy/export_model.py) and times that runtime on the same input (one image, whole-image);
@@ -70,13 +71,23 @@ GEMM_MIN_SIZE, GEMM_MAX_SIZE, GEMM_TARGET_SECONDS = 256, 4096, 0.25
 logger = logging.getLogger("hapnet_d2.benchmark")
 
 
+def _comma_list(text: str, allowed, what: str) -> List[str]:
+    """One name or several, comma-separated, each one of ``allowed``."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in allowed]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected {what} from {', '.join(allowed)}, comma-separated")
+    return names
+
+
 def backend_list(text: str) -> List[str]:
     """``--backend`` value: one backend or several, comma-separated, each one of BACKENDS."""
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in BACKENDS]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected backends from {', '.join(BACKENDS)}, comma-separated")
-    return names
+    return _comma_list(text, BACKENDS, "backends")
+
+
+def dtype_list(text: str) -> List[str]:
+    """``--dtype`` value: one precision or several, comma-separated, each one of DTYPES."""
+    return _comma_list(text, sorted(DTYPES), "dtypes")
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -85,7 +96,9 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--size", nargs=2, type=int, default=(480, 480), metavar=("H", "W"))
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--dtype", type=dtype_list, default=["fp32"], metavar="{" + ",".join(sorted(DTYPES)) + "}[,...]",
+                        help="precision; several, comma-separated (e.g. fp32,bf16): measured one after the "
+                        "other in this run and compared side by side (latency ratio to the first)")
     parser.add_argument("--batch", type=int, default=1, help="images per call")
     parser.add_argument("--iters", type=int, default=10, help="timed calls")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
@@ -362,13 +375,25 @@ def benchmark(args) -> Dict[str, object]:
     }
 
 
-def compare_backends(reports: List[Dict[str, object]]) -> str:
-    """A side-by-side table of several backends' reports: latency, FPS, ratio to the first."""
+def compare_runs(reports: List[Dict[str, object]]) -> str:
+    """A side-by-side table of several runs' reports (backends, precisions): latency, FPS, MFU,
+    ratio to the first."""
     first = reports[0]["latency_ms_p50"]
-    rows = [[r["inference_path"], r["latency_ms_p50"], r["fps"], round(r["latency_ms_p50"] / first, 3),
+    rows = [[r["inference_path"], r["latency_ms_p50"], r["fps"], r["mfu"], round(r["latency_ms_p50"] / first, 3),
              r.get("argmax_agreement_vs_fp32", "")] for r in reports]
-    return tabulate(rows, headers=["backend", "p50 ms", "FPS", "p50 / first", "argmax vs fp32"],
+    return tabulate(rows, headers=["run", "p50 ms", "FPS", "MFU", "p50 / first", "argmax vs fp32"],
                     tablefmt="github")
+
+
+def runs_of(args) -> List[argparse.Namespace]:
+    """One set of arguments per (backend, dtype) of ``args``; every one is checked before any is
+    measured, so that a refused second run does not come after minutes of the first (ValueError)."""
+    runs = [argparse.Namespace(**{**vars(args), "backend": backend, "dtype": dtype})
+            for backend in args.backend for dtype in args.dtype]
+    for run in runs:
+        check_args(run)
+        check_precision(run, torch.device(setup(run).MODEL.DEVICE), detect_cpu_features())
+    return runs
 
 
 def main(argv=None) -> int:
@@ -377,9 +402,14 @@ def main(argv=None) -> int:
     setup_logger(name="hapnet_d2", abbrev_name="hapnet")
     logging.getLogger("fvcore").setLevel(logging.ERROR)
     reports = []
-    for backend in args.backend:
+    try:
+        runs = runs_of(args)
+    except ValueError as e:
+        print(f"benchmark.py: error: {e}", file=sys.stderr)
+        return 2
+    for run in runs:
         try:
-            report = benchmark(argparse.Namespace(**{**vars(args), "backend": backend}))
+            report = benchmark(run)
         except ValueError as e:
             print(f"benchmark.py: error: {e}", file=sys.stderr)
             return 2
@@ -388,8 +418,8 @@ def main(argv=None) -> int:
                     tabulate(rows, headers=["metric", "value"], tablefmt="github"))
         reports.append(report)
     if len(reports) > 1:
-        logger.info("Backends compared (%s, %dx%d):\n%s", args.config_file, *args.size, compare_backends(reports))
-    if args.json:  # one object per backend: one object, or a list of them
+        logger.info("Runs compared (%s, %dx%d):\n%s", args.config_file, *args.size, compare_runs(reports))
+    if args.json:  # one object per run: one object, or a list of them
         print(json.dumps(reports[0] if len(reports) == 1 else reports), flush=True)
     return 0
 

@@ -53,7 +53,8 @@ def test_several_backends_in_one_run_are_compared_side_by_side(capsys):
     assert code == 0, captured.err
     reports = json.loads(captured.out.strip().splitlines()[-1])
     assert [r["backend"] for r in reports] == ["torch", "torch"]
-    table = benchmark.compare_backends(reports)
+    table = benchmark.compare_runs(reports)
     ratio = round(reports[1]["latency_ms_p50"] / reports[0]["latency_ms_p50"], 3)
-    assert float(table.splitlines()[2].split("|")[4]) == 1.0  # the first row is the reference
-    assert float(table.splitlines()[3].split("|")[4]) == ratio
+    assert table.splitlines()[0].split("|")[5].strip() == "p50 / first"
+    assert float(table.splitlines()[2].split("|")[5]) == 1.0  # the first row is the reference
+    assert float(table.splitlines()[3].split("|")[5]) == ratio

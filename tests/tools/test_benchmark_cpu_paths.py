@@ -40,6 +40,31 @@ def test_bf16_is_refused_in_one_line_without_bf16_units(capsys, monkeypatch):
     assert "found AVX2" in err and "--quantize int8" in err
 
 
+def test_a_refused_precision_is_refused_before_the_first_run_is_measured(capsys, monkeypatch):
+    """``--dtype fp32,bf16`` on a CPU without bf16 units stops before the fp32 run, not after it."""
+    monkeypatch.setattr(benchmark, "detect_cpu_features", lambda: CPUFeatures(avx2=True, capability="AVX2"))
+    monkeypatch.setattr(benchmark, "build_model", lambda cfg: pytest.fail("no model may be built"))
+    assert benchmark.main(["--config-file", TINY, "--dtype", "fp32,bf16"]) == 2
+    assert capsys.readouterr().err.startswith("benchmark.py: error: --dtype bf16 refused")
+
+
+def test_several_precisions_in_one_run_are_compared_side_by_side(capsys, monkeypatch):
+    units = CPUFeatures(avx2=True, avx512=True, avx512_bf16=True, capability="AVX512")
+    monkeypatch.setattr(benchmark, "detect_cpu_features", lambda: units)
+    code = benchmark.main(["--config-file", TINY, "--threads", "1", "--json", "--dtype", "fp32,bf16", *SMALL])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    fp32, bf16 = json.loads(captured.out.strip().splitlines()[-1])
+    assert (fp32["inference_path"], bf16["inference_path"]) == ("converted fp32", "converted bf16")
+    assert bf16["gflops"] == pytest.approx(fp32["gflops"], rel=1e-3)
+    ratio = round(bf16["latency_ms_p50"] / fp32["latency_ms_p50"], 3)
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]]
+            for line in captured.out.split("Runs compared")[1].splitlines() if line.startswith("|")]
+    assert rows[0][:5] == ["run", "p50 ms", "FPS", "MFU", "p50 / first"]
+    assert rows[2][0] == "converted fp32" and float(rows[2][4]) == 1.0
+    assert rows[3][0] == "converted bf16" and float(rows[3][4]) == ratio
+
+
 def test_int8_needs_fp32(capsys):
     assert benchmark.main(["--config-file", TINY, "--dtype", "bf16", "--quantize", "int8"]) == 2
     assert "--quantize int8 runs on the CPU with --dtype fp32" in capsys.readouterr().err
