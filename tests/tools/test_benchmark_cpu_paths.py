@@ -58,8 +58,7 @@ def test_several_precisions_in_one_run_are_compared_side_by_side(capsys, monkeyp
     assert (fp32["inference_path"], bf16["inference_path"]) == ("converted fp32", "converted bf16")
     assert bf16["gflops"] == pytest.approx(fp32["gflops"], rel=1e-3)
     ratio = round(bf16["latency_ms_p50"] / fp32["latency_ms_p50"], 3)
-    rows = [[cell.strip() for cell in line.split("|")[1:-1]]
-            for line in captured.out.split("Runs compared")[1].splitlines() if line.startswith("|")]
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in benchmark.compare_runs([fp32, bf16]).splitlines()]
     assert rows[0][:5] == ["run", "p50 ms", "FPS", "MFU", "p50 / first"]
     assert rows[2][0] == "converted fp32" and float(rows[2][4]) == 1.0
     assert rows[3][0] == "converted bf16" and float(rows[3][4]) == ratio
