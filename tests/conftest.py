@@ -50,6 +50,7 @@ from hapnet_d2.config import get_hapnet_cfg  # noqa: E402
 # real samples shared by the team (MFNet frame, KP split lists); tests using them skip if absent
 SHARED_DATA = os.environ.get("HAPNET_SHARED_DATA", os.path.join(os.path.dirname(REPO), "shared", "data"))
 MFNET_SAMPLE = os.path.join(SHARED_DATA, "mfnet_samples", "01477D.png")
+requires_mfnet_sample = pytest.mark.skipif(not os.path.isfile(MFNET_SAMPLE), reason=f"{MFNET_SAMPLE} not available")
 
 
 def load_cfg(path: str, opts=()):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import MFNET_SAMPLE
+from conftest import MFNET_SAMPLE, requires_mfnet_sample
 from runner_process import loaded_forbidden, run_runner
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,6 +28,7 @@ def _run(command, env):
 
 
 @pytest.mark.slow
+@requires_mfnet_sample
 def test_onnx_runner_labels_equal_the_demo(trained_tiny, tmp_path):
     config, weights = _field(trained_tiny, "config_file"), _field(trained_tiny, "weights")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DETECTRON2_DATASETS": str(_field(trained_tiny, "datasets_root"))}

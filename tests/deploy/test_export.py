@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import MFNET_SAMPLE, load_cfg
+from conftest import MFNET_SAMPLE, requires_mfnet_sample, load_cfg
 from hapnet_d2.data import read_rgbt
 from hapnet_d2.export import (
     ExportError,
@@ -173,6 +173,7 @@ def test_metadata(tiny_cfg):
 
 
 # ------------------------------------------------------------------------ end to end
+@requires_mfnet_sample
 def test_torchscript_export_matches_pytorch(tiny_cfg, tmp_path):
     """TorchScript at a non-crop size, metadata in the archive."""
     tiny_cfg.merge_from_list(WHOLE)
@@ -192,6 +193,7 @@ def test_torchscript_export_matches_pytorch(tiny_cfg, tmp_path):
 
 
 @pytest.mark.slow
+@requires_mfnet_sample
 def test_reference_architecture_onnx_matches_pytorch_at_480x640(tmp_path):
     """ONNX Runtime vs the model's own inference on the MFNet frame, for the reference
     architecture (BEiTv2-B width, ConvNeXt-S, Mask2Former head of 100 queries) shortened for CI
