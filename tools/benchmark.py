@@ -390,9 +390,10 @@ def runs_of(args) -> List[argparse.Namespace]:
     measured, so that a refused second run does not come after minutes of the first (ValueError)."""
     runs = [argparse.Namespace(**{**vars(args), "backend": backend, "dtype": dtype})
             for backend in args.backend for dtype in args.dtype]
+    features = detect_cpu_features()
     for run in runs:
         check_args(run)
-        check_precision(run, torch.device(setup(run).MODEL.DEVICE), detect_cpu_features())
+        check_precision(run, torch.device(setup(run).MODEL.DEVICE), features)
     return runs
 
 

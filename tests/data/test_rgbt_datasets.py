@@ -17,7 +17,7 @@ from hapnet_d2.data.datasets import (
     register_mfnet_dataset,
     register_rgbx_dataset,
 )
-from conftest import MFNET_SAMPLE, SHARED_DATA
+from conftest import MFNET_SAMPLE, SHARED_DATA, requires_mfnet_sample
 from hapnet_d2.data.datasets.register_kp import kp_condition
 from rgbt_dataset_writers import H, W, write_kp, write_mfnet, write_nyu, write_pst900, write_rgbx
 
@@ -51,7 +51,7 @@ def test_mfnet_loads_rgb_thermal_label_and_condition(tmp_path):
     assert dicts["00001D"]["condition"] == "day" and dicts["00002N"]["condition"] == "night"
 
 
-@pytest.mark.skipif(not MFNET_SAMPLE.exists(), reason="shared MFNet sample absent")
+@requires_mfnet_sample
 def test_real_mfnet_frame_channels():
     png = np.array(Image.open(MFNET_SAMPLE))
     assert png.shape == (480, 640, 4)

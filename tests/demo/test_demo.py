@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import MFNET_SAMPLE
+from conftest import MFNET_SAMPLE, requires_mfnet_sample
 from hapnet_d2.checkpoint import UnsafeCheckpointError
 from hapnet_d2.data import RGBTDataError, read_rgbt
 from hapnet_d2.data.datasets import MFNET_COLORS
@@ -95,7 +95,7 @@ def assert_one_line_error(returncode, stderr, path, reason):
 # ----------------------------------------------------------------------------- command line
 
 
-@pytest.mark.skipif(not MFNET_SAMPLE.exists(), reason="MFNet sample frame not available")
+@requires_mfnet_sample
 def test_rgbt_sample_writes_panel_and_full_size_label(tmp_path):
     result = run_demo(tmp_path, "--rgbt", MFNET_SAMPLE)
     assert result.returncode == 0, result.stderr

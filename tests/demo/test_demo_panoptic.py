@@ -10,13 +10,13 @@ import torch
 from detectron2.modeling import build_model
 from PIL import Image
 
-from conftest import MFNET_SAMPLE, REPO, load_cfg
+from conftest import MFNET_SAMPLE, REPO, load_cfg, requires_mfnet_sample
 from hapnet_d2.data.panoptic_format import rgb2id
 
 CONFIG = "configs/synth/hapnet_tiny_panoptic.yaml"
 
 
-@pytest.mark.skipif(not os.path.isfile(MFNET_SAMPLE), reason="shared MFNet sample not available")
+@requires_mfnet_sample
 def test_panoptic_demo_writes_panel_png_and_json(tmp_path):
     torch.manual_seed(0)
     model = build_model(load_cfg(CONFIG))

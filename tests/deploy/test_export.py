@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import MFNET_SAMPLE, requires_mfnet_sample, load_cfg
+from conftest import MFNET_SAMPLE, load_cfg, requires_mfnet_sample
 from hapnet_d2.data import read_rgbt
 from hapnet_d2.export import (
     ExportError,

@@ -10,7 +10,7 @@ from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from conftest import MFNET_SAMPLE, rgbt_pair
+from conftest import MFNET_SAMPLE, requires_mfnet_sample, rgbt_pair
 from hapnet_d2.checkpoint import HAPNetCheckpointer
 from hapnet_d2.modeling.backbone.timm_vit import TimmViT
 from hapnet_d2.utils.cpu_inference import (
@@ -181,14 +181,10 @@ def _mfnet_frame():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("precision, min_agreement", [("int8", 0.99), ("bf16", 0.99)])
+@requires_mfnet_sample
 def test_trained_tiny_agrees_with_fp32_on_the_real_mfnet_frame(trained_tiny, precision, min_agreement):
     """Acceptance of the converted paths: >= 99% of the pixels of the real MFNet frame get the
     fp32 class (bf16 is emulated and slow on CPUs without bf16 units, but still correct)."""
-    import os
-
-    if not os.path.exists(MFNET_SAMPLE):
-        pytest.skip("MFNet sample not available")
-
     def load():
         cfg = trained_tiny["cfg"](["TEST.MODE", "whole"])
         model = build_model(cfg).eval()

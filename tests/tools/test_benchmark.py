@@ -8,7 +8,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from conftest import MFNET_SAMPLE
+from conftest import MFNET_SAMPLE, requires_mfnet_sample
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "synth" / "hapnet_tiny.yaml")
@@ -102,7 +102,7 @@ def test_timing_interleaves_one_gemm_probe_per_call():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not MFNET_SAMPLE.exists(), reason="MFNet sample not available")
+@requires_mfnet_sample
 def test_bf16_autocast_agrees_with_fp32_on_real_input(trained_tiny):
     """The benchmark's bf16 mode predicts what fp32 predicts, with trained weights (a random model
     predicts one class everywhere, so agreement would be trivial). The real MFNet frame at the
