@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from hapnet_d2.checkpoint import CheckpointError
+from hapnet_d2.data.io import read_rgbt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE_CONFIG = os.path.join(REPO, "configs", "synth", "hapnet_tiny.yaml")
@@ -115,16 +116,15 @@ class TrainedTiny(Mapping):
 
 
 def mfnet_style_inputs(path: str, height: int, width: int) -> Dict:
-    """A 4-channel R, G, B, thermal PNG (MFNet layout) resized to ``height`` x ``width``, as a
-    model input: ``image`` [3, H, W] uint8 and ``thermal`` [1, H, W] float on 0-255."""
-    bgra = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if bgra is None or bgra.ndim != 3 or bgra.shape[2] != 4:
-        raise ValueError(f"{path}: expected a 4-channel RGB-T PNG")
-    bgra = cv2.resize(bgra, (width, height), interpolation=cv2.INTER_LINEAR)
-    rgb = np.ascontiguousarray(bgra[:, :, [2, 1, 0]].transpose(2, 0, 1))
+    """A 4-channel R, G, B, thermal PNG (MFNet layout, read by the project's own reader) resized
+    to ``height`` x ``width``, as a model input: ``image`` [3, H, W] uint8 and ``thermal``
+    [1, H, W] float on 0-255."""
+    rgb, thermal = read_rgbt({"file_name": path, "rgbt_layout": "mfnet4"})
+    rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_LINEAR)
+    thermal = cv2.resize(thermal, (width, height), interpolation=cv2.INTER_LINEAR)
     return {
-        "image": torch.from_numpy(rgb),
-        "thermal": torch.from_numpy(bgra[None, :, :, 3].astype(np.float32)),
+        "image": torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))),
+        "thermal": torch.from_numpy(thermal[None].astype(np.float32)),
         "height": height,
         "width": width,
     }
