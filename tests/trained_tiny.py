@@ -124,7 +124,7 @@ def mfnet_style_inputs(path: str, height: int, width: int) -> Dict:
     thermal = cv2.resize(thermal, (width, height), interpolation=cv2.INTER_LINEAR)
     return {
         "image": torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))),
-        "thermal": torch.from_numpy(thermal[None].astype(np.float32)),
+        "thermal": torch.from_numpy(thermal[None]),  # float32 from read_rgbt and cv2.resize
         "height": height,
         "width": width,
     }
