@@ -79,6 +79,13 @@ def test_panoptic_ablation_table_rows():
     assert table[2] == "| E | RGB | RGB | 50.0 | 40.0 | 60.0 | 80.0 | 62.5 | 55.0 | 45.0 | 30.0 | 70.0 | 65.0 |"
 
 
+def test_ablation_configs_are_the_quickstart_models():
+    """Semantic: the quick start's config; panoptic: its config trained longer (tests/test_configs.py)."""
+    ablation = _load_tool("synth_ablation")
+    assert ablation.TASKS["semantic"][0] == "configs/synth/hapnet_tiny.yaml"
+    assert ablation.TASKS["panoptic"][0] == "configs/synth/hapnet_tiny_panoptic_ablation.yaml"
+
+
 def test_quickstart_panoptic_summary_line():
     quickstart = _load_tool("quickstart")
     metrics = {
